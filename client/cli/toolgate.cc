@@ -1,0 +1,373 @@
+// toolgate: the command-line client of toolgated.
+//
+// Exit codes: 0 success; 1 the command ran and found a problem (a chain that does not verify,
+// an error answer); 2 usage error; 3 the daemon could not be reached.
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/chain/verifier.h"
+#include "toolgate/v1/admin.grpc.pb.h"
+#include "toolgate/v1/events.grpc.pb.h"
+
+namespace {
+
+using namespace toolgate::v1;
+
+constexpr int kOk = 0, kProblem = 1, kUsage = 2, kUnreachable = 3;
+
+const char kUsageText[] = R"(Usage: toolgate [--address ADDR] [--output table|json] COMMAND [ARGS]
+
+Commands:
+  status                      queue depth, spool, dead letters, upstream state
+  send [flags]                record one event (smoke test); prints its eventId
+      --agent ID --session ID [--tool NAME] [--args JSON] [--status S]
+      --json EVENT              a toolgate.v1.Event in JSON (proto3 JSON names)
+  dead-letters [list|retry|purge] [ID...]
+                              list events the upstream refused; requeue or drop them
+  sessions [--agent ID]       sessions in the local store, most recent first
+  export SESSION              the session's stored events as JSON lines
+  flush [--timeout-ms N]      ship what is queued now and wait for it
+  verify FILE                 check the previousHash chains of a JSON-lines file ("-" = stdin)
+
+Global flags:
+  --address ADDR   HOST:PORT or unix:PATH (default $TOOLGATE_ADDRESS, else the daemon's
+                   default socket if present, else 127.0.0.1:7470)
+  --output FORMAT  table (default) or json
+  --help           this text
+
+Exit codes: 0 ok, 1 problem found or error answer, 2 usage, 3 daemon unreachable.
+)";
+
+struct Cli {
+  std::string address;
+  bool json = false;
+  std::vector<std::string> args;
+};
+
+std::string DefaultAddress() {
+  if (const char* a = std::getenv("TOOLGATE_ADDRESS"); a && *a) return a;
+  std::vector<std::string> candidates;
+  if (const char* r = std::getenv("RUNTIME_DIRECTORY"); r && *r) {
+    candidates.push_back(std::string(r) + "/toolgate.sock");
+  }
+  candidates.push_back("/run/toolgate/toolgate.sock");
+  if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
+    candidates.push_back(std::string(x) + "/toolgate/toolgate.sock");
+  }
+  for (const auto& c : candidates) {
+    if (access(c.c_str(), W_OK) == 0) return "unix:" + c;
+  }
+  return "127.0.0.1:7470";
+}
+
+std::shared_ptr<grpc::Channel> Connect(const Cli& cli) {
+  return grpc::CreateChannel(cli.address, grpc::InsecureChannelCredentials());
+}
+
+int RpcFailed(const grpc::Status& s, const Cli& cli) {
+  std::fprintf(stderr, "toolgate: %s: %s\n",
+               s.error_code() == grpc::StatusCode::UNAVAILABLE
+                   ? ("cannot reach toolgated at " + cli.address).c_str()
+                   : "error",
+               s.error_message().c_str());
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ? kUnreachable : kProblem;
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 10) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  return ctx;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.always_print_primitive_fields = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+// Takes "--name VALUE" out of args; returns false when absent.
+bool TakeFlag(std::vector<std::string>* args, const std::string& name, std::string* value) {
+  for (size_t i = 0; i < args->size(); ++i) {
+    if ((*args)[i] == name && i + 1 < args->size()) {
+      *value = (*args)[i + 1];
+      args->erase(args->begin() + i, args->begin() + i + 2);
+      return true;
+    }
+    if ((*args)[i].rfind(name + "=", 0) == 0) {
+      *value = (*args)[i].substr(name.size() + 1);
+      args->erase(args->begin() + i);
+      return true;
+    }
+  }
+  return false;
+}
+
+int Status(const Cli& cli) {
+  auto stub = Admin::NewStub(Connect(cli));
+  StatusResponse r;
+  auto ctx = Ctx();
+  if (auto s = stub->Status(ctx.get(), StatusRequest(), &r); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(r) << "\n";
+    return kOk;
+  }
+  std::string listen;
+  for (const auto& l : r.listen()) listen += (listen.empty() ? "" : ", ") + l;
+  std::printf("toolgated %s  mode: %s  uptime: %llus\n", r.version().c_str(), r.mode().c_str(),
+              static_cast<unsigned long long>(r.uptime_s()));
+  std::printf("  listen:          %s\n", listen.c_str());
+  std::printf("  data dir:        %s\n", r.data_dir().c_str());
+  std::printf("  stored events:   %llu (%llu bytes of %llu)\n",
+              static_cast<unsigned long long>(r.stored_events()),
+              static_cast<unsigned long long>(r.spool_bytes()),
+              static_cast<unsigned long long>(r.spool_max_bytes()));
+  std::printf("  queue depth:     %llu\n", static_cast<unsigned long long>(r.queue_depth()));
+  std::printf("  dead letters:    %llu\n", static_cast<unsigned long long>(r.dead_letters()));
+  std::printf("  received:        %llu   shipped: %llu\n",
+              static_cast<unsigned long long>(r.events_received()),
+              static_cast<unsigned long long>(r.events_shipped()));
+  std::printf("  upstream:        %s %s\n", r.upstream_state().c_str(), r.upstream_url().c_str());
+  if (!r.upstream_last_error().empty()) {
+    std::printf("  last error:      %s\n", r.upstream_last_error().c_str());
+  }
+  return kOk;
+}
+
+int Send(Cli cli) {
+  Event ev;
+  std::string json, value;
+  if (TakeFlag(&cli.args, "--json", &json)) {
+    auto st = google::protobuf::util::JsonStringToMessage(json, &ev);
+    if (!st.ok()) {
+      std::fprintf(stderr, "toolgate send: --json: %s\n", st.ToString().c_str());
+      return kUsage;
+    }
+  }
+  if (TakeFlag(&cli.args, "--agent", &value)) ev.set_agent_id(value);
+  if (TakeFlag(&cli.args, "--session", &value)) ev.set_session_id(value);
+  if (TakeFlag(&cli.args, "--tool", &value)) ev.mutable_tool_call()->set_tool_name(value);
+  if (TakeFlag(&cli.args, "--args", &value)) ev.mutable_tool_call()->set_arguments_json(value);
+  if (TakeFlag(&cli.args, "--status", &value)) {
+    ev.mutable_tool_call()->set_response_status(value);
+  }
+  if (!cli.args.empty()) {
+    std::fprintf(stderr, "toolgate send: unexpected argument '%s'\n", cli.args.front().c_str());
+    return kUsage;
+  }
+  auto stub = Events::NewStub(Connect(cli));
+  RecordRequest req;
+  *req.add_events() = ev;
+  RecordResponse resp;
+  auto ctx = Ctx();
+  if (auto s = stub->Record(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(resp) << "\n";
+  } else {
+    std::cout << resp.event_ids(0) << "\n";
+  }
+  return kOk;
+}
+
+int DeadLetters(Cli cli) {
+  std::string verb = "list";
+  if (!cli.args.empty() && cli.args[0][0] != '-') {
+    verb = cli.args[0];
+    cli.args.erase(cli.args.begin());
+  }
+  std::vector<uint64_t> ids;
+  for (const auto& a : cli.args) {
+    try {
+      ids.push_back(std::stoull(a));
+    } catch (...) {
+      std::fprintf(stderr, "toolgate dead-letters: '%s' is not an id\n", a.c_str());
+      return kUsage;
+    }
+  }
+  auto stub = Admin::NewStub(Connect(cli));
+  auto ctx = Ctx();
+  if (verb == "list") {
+    ListDeadLettersRequest req;
+    req.set_limit(1000);
+    ListDeadLettersResponse resp;
+    if (auto s = stub->ListDeadLetters(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+    if (cli.json) {
+      std::cout << ToJson(resp) << "\n";
+      return kOk;
+    }
+    std::printf("%-6s %-36s %-6s %-22s %s\n", "ID", "EVENT", "HTTP", "CODE", "MESSAGE");
+    for (const auto& d : resp.dead_letters()) {
+      std::printf("%-6llu %-36s %-6d %-22s %s\n", static_cast<unsigned long long>(d.id()),
+                  d.event_id().c_str(), d.http_status(), d.code().c_str(), d.message().c_str());
+    }
+    std::printf("%llu dead letter(s)\n", static_cast<unsigned long long>(resp.total()));
+    return kOk;
+  }
+  if (verb == "retry") {
+    RetryDeadLettersRequest req;
+    for (auto id : ids) req.add_ids(id);
+    RetryDeadLettersResponse resp;
+    if (auto s = stub->RetryDeadLetters(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+    std::cout << (cli.json ? ToJson(resp) : std::to_string(resp.requeued()) + " requeued") << "\n";
+    return kOk;
+  }
+  if (verb == "purge") {
+    PurgeDeadLettersRequest req;
+    for (auto id : ids) req.add_ids(id);
+    PurgeDeadLettersResponse resp;
+    if (auto s = stub->PurgeDeadLetters(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+    std::cout << (cli.json ? ToJson(resp) : std::to_string(resp.purged()) + " purged") << "\n";
+    return kOk;
+  }
+  std::fprintf(stderr, "toolgate dead-letters: unknown action '%s' (list, retry, purge)\n",
+               verb.c_str());
+  return kUsage;
+}
+
+int Sessions(Cli cli) {
+  ListSessionsRequest req;
+  std::string agent;
+  if (TakeFlag(&cli.args, "--agent", &agent)) req.set_agent_id(agent);
+  auto stub = Admin::NewStub(Connect(cli));
+  auto ctx = Ctx();
+  ListSessionsResponse resp;
+  if (auto s = stub->ListSessions(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(resp) << "\n";
+    return kOk;
+  }
+  std::printf("%-30s %-20s %8s  %s\n", "SESSION", "AGENT", "EVENTS", "LAST EVENT");
+  for (const auto& s : resp.sessions()) {
+    std::printf("%-30s %-20s %8llu  %s\n", s.session_id().c_str(), s.agent_id().c_str(),
+                static_cast<unsigned long long>(s.events()), s.last_event_at().c_str());
+  }
+  return kOk;
+}
+
+int Export(const Cli& cli) {
+  if (cli.args.size() != 1) {
+    std::fprintf(stderr, "toolgate export: needs one SESSION\n");
+    return kUsage;
+  }
+  auto stub = Admin::NewStub(Connect(cli));
+  ExportSessionRequest req;
+  req.set_session_id(cli.args[0]);
+  auto ctx = Ctx(300);
+  auto reader = stub->ExportSession(ctx.get(), req);
+  StoredEvent ev;
+  while (reader->Read(&ev)) std::cout << ev.event_json() << "\n";
+  if (auto s = reader->Finish(); !s.ok()) return RpcFailed(s, cli);
+  return kOk;
+}
+
+int Flush(Cli cli) {
+  FlushRequest req;
+  std::string v;
+  if (TakeFlag(&cli.args, "--timeout-ms", &v)) req.set_timeout_ms(std::stoul(v));
+  auto stub = Admin::NewStub(Connect(cli));
+  auto ctx = Ctx(static_cast<int>(req.timeout_ms() / 1000) + 15);
+  FlushResponse resp;
+  if (auto s = stub->Flush(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(resp) << "\n";
+  } else {
+    std::printf("%s; %llu event(s) still queued\n", resp.complete() ? "flushed" : "timed out",
+                static_cast<unsigned long long>(resp.queue_depth()));
+  }
+  return resp.complete() ? kOk : kProblem;
+}
+
+int Verify(const Cli& cli) {
+  if (cli.args.size() != 1) {
+    std::fprintf(stderr, "toolgate verify: needs one FILE (\"-\" for stdin)\n");
+    return kUsage;
+  }
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (cli.args[0] != "-") {
+    file.open(cli.args[0]);
+    if (!file) {
+      std::fprintf(stderr, "toolgate verify: cannot read '%s'\n", cli.args[0].c_str());
+      return kUsage;
+    }
+    in = &file;
+  }
+  toolgate::chain::Verifier verifier;
+  std::string line;
+  while (std::getline(*in, line)) verifier.Add(line);
+  const auto report = verifier.Finish();
+  if (cli.json) {
+    nlohmann::json j = {{"ok", report.ok()},
+                        {"events", report.events},
+                        {"sessions", report.sessions},
+                        {"duplicates", report.duplicates},
+                        {"partial_sessions", report.partial_sessions},
+                        {"problems", nlohmann::json::array()}};
+    for (const auto& p : report.problems) {
+      j["problems"].push_back({{"line", p.line}, {"session_id", p.session_id},
+                               {"event_id", p.event_id}, {"message", p.message}});
+    }
+    std::cout << j.dump() << "\n";
+  } else {
+    for (const auto& p : report.problems) {
+      std::printf("line %zu: session %s, event %s: %s\n", p.line, p.session_id.c_str(),
+                  p.event_id.c_str(), p.message.c_str());
+    }
+    std::printf("%s: %zu event(s), %zu session(s), %zu duplicate(s), %zu partial, %zu problem(s)\n",
+                report.ok() ? "OK" : "FAILED", report.events, report.sessions, report.duplicates,
+                report.partial_sessions, report.problems.size());
+  }
+  return report.ok() ? kOk : kProblem;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Cli cli;
+  std::vector<std::string> rest(argv + 1, argv + argc);
+  std::string output = "table";
+  if (TakeFlag(&rest, "--address", &cli.address) && cli.address.empty()) {
+    std::fprintf(stderr, "toolgate: --address needs a value\n");
+    return kUsage;
+  }
+  TakeFlag(&rest, "--output", &output);
+  if (output != "table" && output != "json") {
+    std::fprintf(stderr, "toolgate: --output must be table or json\n");
+    return kUsage;
+  }
+  cli.json = output == "json";
+  if (cli.address.empty()) cli.address = DefaultAddress();
+  if (rest.empty() || rest[0] == "--help" || rest[0] == "-h" || rest[0] == "help") {
+    std::fputs(kUsageText, rest.empty() ? stderr : stdout);
+    return rest.empty() ? kUsage : kOk;
+  }
+  const std::string cmd = rest[0];
+  cli.args.assign(rest.begin() + 1, rest.end());
+  for (const auto& a : cli.args) {
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsageText, stdout);
+      return kOk;
+    }
+  }
+  if (cmd == "status") return Status(cli);
+  if (cmd == "send") return Send(cli);
+  if (cmd == "dead-letters") return DeadLetters(cli);
+  if (cmd == "sessions") return Sessions(cli);
+  if (cmd == "export") return Export(cli);
+  if (cmd == "flush") return Flush(cli);
+  if (cmd == "verify") return Verify(cli);
+  std::fprintf(stderr, "toolgate: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
+  return kUsage;
+}

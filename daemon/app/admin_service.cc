@@ -1,0 +1,191 @@
+#include "daemon/app/admin_service.h"
+
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "daemon/common/time_util.h"
+
+namespace toolgate::app {
+
+using namespace toolgate::v1;
+
+namespace {
+
+grpc::Status Unavailable(const absl::Status& s) {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+}
+
+std::string MsToRfc3339(int64_t ms) {
+  return FormatRfc3339(SystemTime(std::chrono::milliseconds(ms)));
+}
+
+}  // namespace
+
+AdminService::AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush)
+    : spool_(spool), fill_status_(std::move(fill_status)), flush_(std::move(flush)) {}
+
+grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
+                                               const StatusRequest*, StatusResponse* resp) {
+  fill_status_(resp);
+  auto* r = ctx->DefaultReactor();
+  r->Finish(grpc::Status::OK);
+  return r;
+}
+
+grpc::ServerUnaryReactor* AdminService::Flush(grpc::CallbackServerContext* ctx,
+                                              const FlushRequest* req, FlushResponse* resp) {
+  auto* r = ctx->DefaultReactor();
+  if (spool_->standalone()) {
+    resp->set_complete(true);
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+  flush_();
+  const auto timeout = std::chrono::milliseconds(req->timeout_ms() ? req->timeout_ms() : 10000);
+  // Waiting is a rare operator action: a short-lived thread keeps gRPC's threads free.
+  std::thread([this, r, resp, timeout] {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (spool_->stats().queue_depth > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    resp->set_queue_depth(spool_->stats().queue_depth);
+    resp->set_complete(resp->queue_depth() == 0);
+    r->Finish(grpc::Status::OK);
+  }).detach();
+  return r;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListDeadLetters(grpc::CallbackServerContext* ctx,
+                                                        const ListDeadLettersRequest* req,
+                                                        ListDeadLettersResponse* resp) {
+  auto* r = ctx->DefaultReactor();
+  auto reader = spool_->NewReader();
+  if (!reader.ok()) {
+    r->Finish(Unavailable(reader.status()));
+    return r;
+  }
+  std::vector<spool::DeadLetterRow> rows;
+  const size_t limit = req->limit() ? std::min<uint32_t>(req->limit(), 10000) : 100;
+  if (absl::Status s = (*reader)->ListDeadLetters(req->after_id(), limit, &rows); !s.ok()) {
+    r->Finish(Unavailable(s));
+    return r;
+  }
+  for (auto& row : rows) {
+    DeadLetter* d = resp->add_dead_letters();
+    d->set_id(row.id);
+    d->set_event_id(row.event_id);
+    d->set_session_id(row.session_id);
+    d->set_http_status(row.http_status);
+    d->set_code(row.code);
+    d->set_message(row.message);
+    d->set_created_at(MsToRfc3339(row.created_ms));
+    d->set_event_json(std::move(row.body));
+  }
+  resp->set_total(spool_->stats().dead_letters);
+  r->Finish(grpc::Status::OK);
+  return r;
+}
+
+grpc::ServerUnaryReactor* AdminService::RetryDeadLetters(grpc::CallbackServerContext* ctx,
+                                                         const RetryDeadLettersRequest* req,
+                                                         RetryDeadLettersResponse* resp) {
+  auto* r = ctx->DefaultReactor();
+  spool_->RetryDeadLetters({req->ids().begin(), req->ids().end()}, [r, resp](uint64_t n) {
+    resp->set_requeued(n);
+    r->Finish(grpc::Status::OK);
+  });
+  return r;
+}
+
+grpc::ServerUnaryReactor* AdminService::PurgeDeadLetters(grpc::CallbackServerContext* ctx,
+                                                         const PurgeDeadLettersRequest* req,
+                                                         PurgeDeadLettersResponse* resp) {
+  auto* r = ctx->DefaultReactor();
+  spool_->PurgeDeadLetters({req->ids().begin(), req->ids().end()}, [r, resp](uint64_t n) {
+    resp->set_purged(n);
+    r->Finish(grpc::Status::OK);
+  });
+  return r;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListSessions(grpc::CallbackServerContext* ctx,
+                                                     const ListSessionsRequest* req,
+                                                     ListSessionsResponse* resp) {
+  auto* r = ctx->DefaultReactor();
+  auto reader = spool_->NewReader();
+  if (!reader.ok()) {
+    r->Finish(Unavailable(reader.status()));
+    return r;
+  }
+  std::vector<spool::SessionRow> rows;
+  const size_t limit = req->limit() ? std::min<uint32_t>(req->limit(), 10000) : 100;
+  if (absl::Status s = (*reader)->ListSessions(req->agent_id(), limit, &rows); !s.ok()) {
+    r->Finish(Unavailable(s));
+    return r;
+  }
+  for (auto& row : rows) {
+    SessionInfo* s = resp->add_sessions();
+    s->set_session_id(row.session_id);
+    s->set_agent_id(row.agent_id);
+    s->set_events(row.events);
+    s->set_last_hash(row.last_hash);
+    s->set_last_event_at(MsToRfc3339(row.updated_ms));
+  }
+  r->Finish(grpc::Status::OK);
+  return r;
+}
+
+namespace {
+
+// Writes a list loaded up front, one message at a time.
+class ListWriter final : public grpc::ServerWriteReactor<StoredEvent> {
+ public:
+  ListWriter(std::vector<StoredEvent> items, grpc::Status final_status)
+      : items_(std::move(items)), status_(std::move(final_status)) {
+    Next();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    if (next_ < items_.size()) {
+      StartWrite(&items_[next_++]);
+    } else {
+      Finish(status_);
+    }
+  }
+  std::vector<StoredEvent> items_;
+  size_t next_ = 0;
+  grpc::Status status_;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<StoredEvent>* AdminService::ExportSession(
+    grpc::CallbackServerContext* ctx, const ExportSessionRequest* req) {
+  std::vector<StoredEvent> items;
+  if (req->session_id().empty()) {
+    return new ListWriter({}, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                           "session_id: required"));
+  }
+  auto reader = spool_->NewReader();
+  if (!reader.ok()) return new ListWriter({}, Unavailable(reader.status()));
+  absl::Status s = (*reader)->ReadSession(req->session_id(), [&](const spool::StoredEvent& e) {
+    StoredEvent out;
+    out.set_seq(e.seq);
+    out.set_event_json(e.body);
+    items.push_back(std::move(out));
+    return true;
+  });
+  return new ListWriter(std::move(items), s.ok() ? grpc::Status::OK : Unavailable(s));
+}
+
+}  // namespace toolgate::app

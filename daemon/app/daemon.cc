@@ -1,0 +1,338 @@
+#include "daemon/app/daemon.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <httplib.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+#ifdef TOOLGATE_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "absl/strings/str_cat.h"
+#include "daemon/app/admin_service.h"
+#include "daemon/common/clock.h"
+#include "daemon/common/log.h"
+#include "daemon/ingest/events_service.h"
+#include "daemon/normalize/normalizer.h"
+#include "daemon/shipper/shipper.h"
+#include "daemon/spool/spool.h"
+
+namespace toolgate::app {
+namespace {
+
+namespace fs = std::filesystem;
+
+void Notify(const char* state) {
+#ifdef TOOLGATE_HAVE_SYSTEMD
+  sd_notify(0, state);
+#else
+  (void)state;
+#endif
+}
+
+prometheus::MetricFamily Family(const std::string& name, const std::string& help,
+                                prometheus::MetricType type, double value) {
+  prometheus::MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(m);
+  return f;
+}
+
+// Redacts user:password@ from a URL for logs.
+std::string SafeUrl(const std::string& url) {
+  const size_t scheme = url.find("://");
+  const size_t at = url.find('@');
+  if (scheme == std::string::npos || at == std::string::npos) return url;
+  return url.substr(0, scheme + 3) + "***@" + url.substr(at + 1);
+}
+
+}  // namespace
+
+struct Daemon::Impl {
+  config::Config cfg;
+  Clock* clock = Clock::Real();
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::unique_ptr<normalize::Normalizer> normalizer;
+  std::unique_ptr<spool::Spool> spool;
+  std::unique_ptr<shipper::Shipper> shipper;
+  std::unique_ptr<ingest::EventsService> events;
+  std::unique_ptr<AdminService> admin;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<httplib::Server> http;
+  std::thread http_thread;
+  std::vector<std::string> listening;
+  bool shut_down = false;
+
+  void FillStatus(toolgate::v1::StatusResponse* r) {
+    const spool::Stats s = spool->stats();
+    const ingest::IngestStats in = events->stats();
+    r->set_version(kVersion);
+    r->set_mode(cfg.standalone() ? "standalone" : "upstream");
+    r->set_queue_depth(s.queue_depth);
+    r->set_spool_bytes(s.stored_bytes);
+    r->set_spool_max_bytes(cfg.standalone() ? cfg.spool.retention_max_bytes : cfg.spool.max_bytes);
+    r->set_stored_events(s.stored_events);
+    r->set_dead_letters(s.dead_letters);
+    r->set_events_received(in.events_received);
+    r->set_data_dir(cfg.data_dir);
+    for (const auto& l : listening) r->add_listen(l);
+    r->set_uptime_s(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                              std::chrono::steady_clock::now() - started)
+                                              .count()));
+    r->set_breaker_state("closed");
+    r->set_policy_revision("");
+    if (shipper) {
+      const shipper::ShipperStats sh = shipper->stats();
+      r->set_events_shipped(sh.events_shipped);
+      r->set_upstream_url(SafeUrl(cfg.upstream.url));
+      r->set_upstream_state(sh.state.empty() ? "idle" : sh.state);
+      r->set_upstream_last_error(sh.last_error);
+    } else {
+      r->set_upstream_state("unconfigured");
+    }
+    if (s.failed) r->set_upstream_last_error("spool failed: refusing writes (see logs)");
+  }
+
+  std::string Metrics() {
+    using prometheus::MetricType;
+    const spool::Stats s = spool->stats();
+    const ingest::IngestStats in = events->stats();
+    std::vector<prometheus::MetricFamily> f = {
+        Family("toolgate_events_received_total", "Events acknowledged to agents (durable).",
+               MetricType::Counter, in.events_received),
+        Family("toolgate_events_invalid_total", "Events in requests refused as invalid.",
+               MetricType::Counter, in.events_invalid),
+        Family("toolgate_requests_refused_full_total",
+               "Requests refused with RESOURCE_EXHAUSTED because the spool was full.",
+               MetricType::Counter, in.requests_refused_full),
+        Family("toolgate_streams_open", "Open event streams.", MetricType::Gauge,
+               in.streams_open),
+        Family("toolgate_spool_events", "Events in the local store.", MetricType::Gauge,
+               s.stored_events),
+        Family("toolgate_spool_bytes", "Bytes of events in the local store.", MetricType::Gauge,
+               s.stored_bytes),
+        Family("toolgate_queue_depth", "Events waiting to be shipped.", MetricType::Gauge,
+               s.queue_depth),
+        Family("toolgate_dead_letters", "Events refused by the upstream, kept aside.",
+               MetricType::Gauge, s.dead_letters),
+        Family("toolgate_spool_commits_total", "Group commits.", MetricType::Counter, s.commits),
+        Family("toolgate_spool_evicted_total", "Events evicted by standalone retention.",
+               MetricType::Counter, s.evicted),
+        Family("toolgate_spool_failed", "1 when the store failed and refuses writes.",
+               MetricType::Gauge, s.failed ? 1 : 0),
+    };
+    if (shipper) {
+      const shipper::ShipperStats sh = shipper->stats();
+      f.push_back(Family("toolgate_events_shipped_total", "Events accepted by the upstream.",
+                         MetricType::Counter, sh.events_shipped));
+      f.push_back(Family("toolgate_events_dead_lettered_total",
+                         "Events dead-lettered since start.", MetricType::Counter,
+                         sh.events_dead_lettered));
+      f.push_back(Family("toolgate_upstream_requests_ok_total", "Upstream requests answered 2xx.",
+                         MetricType::Counter, sh.requests_ok));
+      f.push_back(Family("toolgate_upstream_requests_retried_total",
+                         "Upstream requests that failed and will be retried.",
+                         MetricType::Counter, sh.requests_retried));
+      f.push_back(Family("toolgate_upstream_in_flight", "Upstream requests in flight.",
+                         MetricType::Gauge, sh.in_flight));
+      f.push_back(Family("toolgate_upstream_up", "1 unless the last upstream request failed.",
+                         MetricType::Gauge, sh.state == "ok" || sh.state.empty() ? 1 : 0));
+    }
+    return prometheus::TextSerializer().Serialize(f);
+  }
+
+  absl::Status StartHttp() {
+    if (cfg.http_listen.empty()) return absl::OkStatus();
+    http = std::make_unique<httplib::Server>();
+    http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(Metrics(), "text/plain; version=0.0.4");
+    });
+    http->Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+      if (spool->stats().failed) {
+        res.status = 503;
+        res.set_content("spool failed\n", "text/plain");
+      } else {
+        res.set_content("ok\n", "text/plain");
+      }
+    });
+    const size_t colon = cfg.http_listen.rfind(':');
+    std::string host = cfg.http_listen.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    const int port = std::stoi(cfg.http_listen.substr(colon + 1));
+    int bound = port;
+    if (port == 0) {
+      bound = http->bind_to_any_port(host.c_str());
+    } else if (!http->bind_to_port(host.c_str(), port)) {
+      bound = -1;
+    }
+    if (bound <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("http_listen: cannot listen on ", cfg.http_listen));
+    }
+    listening.push_back(absl::StrCat("http://", host, ":", bound));
+    http_thread = std::thread([this] { http->listen_after_bind(); });
+    return absl::OkStatus();
+  }
+};
+
+Daemon::Daemon(config::Config config) : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = std::move(config);
+}
+
+Daemon::~Daemon() { Shutdown(); }
+
+absl::Status Daemon::Start() {
+  Impl& d = *impl_;
+  const config::Config& cfg = d.cfg;
+  std::error_code ec;
+  fs::create_directories(cfg.data_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("data_dir: cannot create '", cfg.data_dir, "': ", ec.message()));
+  }
+  ::chmod(cfg.data_dir.c_str(), 0750);
+
+  d.normalizer = std::make_unique<normalize::Normalizer>(
+      normalize::NormalizerOptions{cfg.ingest.max_argument_bytes, cfg.hash.hmac_key}, d.clock);
+  spool::SpoolOptions so;
+  so.path = (fs::path(cfg.data_dir) / "spool.db").string();
+  so.standalone = cfg.standalone();
+  so.limits = cfg.spool;
+  auto spool = spool::Spool::Open(so, d.clock);
+  if (!spool.ok()) return spool.status();
+  d.spool = std::move(*spool);
+
+  if (!cfg.standalone()) {
+    d.shipper = std::make_unique<shipper::Shipper>(cfg.upstream, cfg.batch, d.spool.get(), d.clock,
+                                                   absl::StrCat("toolgate/", kVersion));
+    if (absl::Status s = d.shipper->Start(); !s.ok()) return s;
+    d.spool->SetCommitListener([sh = d.shipper.get()] { sh->Wake(); });
+  }
+
+  d.events = std::make_unique<ingest::EventsService>(cfg.ingest, d.normalizer.get(),
+                                                     d.spool.get(), cfg.spool.retry_after);
+  d.admin = std::make_unique<AdminService>(
+      d.spool.get(), [&d](toolgate::v1::StatusResponse* r) { d.FillStatus(r); },
+      [&d] {
+        if (d.shipper) d.shipper->RequestFlush();
+      });
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.ingest.max_request_bytes));
+  int tcp_port = 0;
+  if (!cfg.listen.empty()) {
+    builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &tcp_port);
+  }
+  if (!cfg.socket.empty()) {
+    fs::create_directories(fs::path(cfg.socket).parent_path(), ec);
+    if (ec) {
+      return absl::UnavailableError(absl::StrCat("socket: cannot create the directory of '",
+                                                 cfg.socket, "': ", ec.message()));
+    }
+    fs::remove(cfg.socket, ec);  // a stale socket from an earlier run
+    builder.AddListeningPort("unix:" + cfg.socket, grpc::InsecureServerCredentials());
+  }
+  builder.RegisterService(d.events.get());
+  builder.RegisterService(d.admin.get());
+  d.server = builder.BuildAndStart();
+  if (!d.server || (!cfg.listen.empty() && tcp_port == 0)) {
+    return absl::UnavailableError(absl::StrCat(
+        "listen: cannot start gRPC on ", cfg.listen.empty() ? "" : cfg.listen,
+        cfg.socket.empty() ? "" : " / unix:" + cfg.socket, " (address in use or not permitted?)"));
+  }
+  if (!cfg.listen.empty()) {
+    d.listening.push_back(cfg.listen.substr(0, cfg.listen.rfind(':')) + ":" +
+                          std::to_string(tcp_port));
+  }
+  if (!cfg.socket.empty()) {
+    ::chmod(cfg.socket.c_str(), static_cast<mode_t>(std::stoul(cfg.socket_mode, nullptr, 8)));
+    d.listening.push_back("unix:" + cfg.socket);
+  }
+  d.server->GetHealthCheckService()->SetServingStatus(true);
+  if (absl::Status s = d.StartHttp(); !s.ok()) return s;
+
+  nlohmann::json fields = {{"version", kVersion},
+                           {"mode", cfg.standalone() ? "standalone" : "upstream"},
+                           {"listen", d.listening},
+                           {"data_dir", cfg.data_dir},
+                           {"spool", so.path}};
+  if (!cfg.standalone()) {
+    fields["upstream"] = SafeUrl(cfg.upstream.url);
+    fields["ingest_format"] = cfg.upstream.ingest_format;
+  }
+  if (!cfg.listen.empty()) fields["grpc"] = d.listening.front();
+  if (d.http) fields["http"] = d.listening.back();
+  LogInfo("toolgated started", fields);
+  Notify("READY=1");
+  return absl::OkStatus();
+}
+
+void Daemon::Run() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      LogInfo("SIGHUP: no policy source configured; nothing to reload");
+      continue;
+    }
+    LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+    break;
+  }
+  Shutdown();
+}
+
+void Daemon::Shutdown() {
+  Impl& d = *impl_;
+  if (d.shut_down) return;
+  d.shut_down = true;
+  Notify("STOPPING=1");
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + d.cfg.shutdown_timeout;
+  if (d.server) {
+    // Stop taking calls; in-flight ones finish as their commits land.
+    d.server->Shutdown(std::chrono::system_clock::now() + d.cfg.shutdown_timeout / 2);
+    d.server->Wait();
+  }
+  if (d.shipper) d.shipper->Stop(deadline);
+  if (d.spool) d.spool->Close();
+  if (d.http) {
+    d.http->stop();
+    if (d.http_thread.joinable()) d.http_thread.join();
+  }
+  if (d.spool) {
+    const spool::Stats s = d.spool->stats();
+    LogInfo("stopped", {{"queue_depth", s.queue_depth},
+                        {"stored_events", s.stored_events},
+                        {"drain_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - start)
+                                         .count()}});
+  }
+}
+
+}  // namespace toolgate::app

@@ -1,0 +1,36 @@
+#include "daemon/batcher/batcher.h"
+
+#include <utility>
+
+namespace toolgate::batcher {
+
+Batcher::Batcher(config::BatchOptions options, spool::Reader* reader, Clock* clock)
+    : options_(options), reader_(reader), clock_(clock) {}
+
+absl::Status Batcher::Next(bool flush, std::vector<spool::StoredEvent>* out, SteadyTime* wake) {
+  out->clear();
+  if (buffer_.size() < options_.max_events && buffer_bytes_ < options_.max_bytes) {
+    const size_t before = buffer_.size();
+    if (absl::Status s = reader_->ReadAfter(cursor_, options_.max_events - buffer_.size(),
+                                            options_.max_bytes - buffer_bytes_, &buffer_);
+        !s.ok()) {
+      return s;
+    }
+    for (size_t i = before; i < buffer_.size(); ++i) buffer_bytes_ += buffer_[i].body.size();
+    if (!buffer_.empty()) cursor_ = buffer_.back().seq;
+    if (before == 0 && !buffer_.empty()) first_seen_ = clock_->Steady();
+  }
+  if (buffer_.empty()) return absl::OkStatus();
+  const SteadyTime due = first_seen_ + options_.max_delay;
+  if (flush || buffer_.size() >= options_.max_events || buffer_bytes_ >= options_.max_bytes ||
+      clock_->Steady() >= due) {
+    out->swap(buffer_);
+    buffer_.clear();
+    buffer_bytes_ = 0;
+    return absl::OkStatus();
+  }
+  *wake = due;
+  return absl::OkStatus();
+}
+
+}  // namespace toolgate::batcher

@@ -1,0 +1,41 @@
+#include "daemon/chain/chainer.h"
+
+#include "daemon/common/crypto.h"
+
+namespace toolgate::chain {
+
+std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash) {
+  std::string out;
+  out.reserve(ev.head.size() + ev.tail.size() + 84);
+  out += ev.head;
+  if (!previous_hash.empty()) {
+    out += ",\"previousHash\":\"";
+    out += previous_hash;
+    out.push_back('"');
+  }
+  out += ev.tail;
+  return out;
+}
+
+std::string Chainer::Link(const normalize::NormalizedEvent& ev, std::string* bytes) {
+  auto it = heads_.find(ev.session_id);
+  *bytes = Assemble(ev, it == heads_.end() ? std::string() : it->second);
+  std::string hash = Sha256Hex(*bytes);
+  if (it == heads_.end()) {
+    heads_.emplace(ev.session_id, hash);
+  } else {
+    it->second = hash;
+  }
+  return hash;
+}
+
+const std::string* Chainer::Head(const std::string& session_id) const {
+  auto it = heads_.find(session_id);
+  return it == heads_.end() ? nullptr : &it->second;
+}
+
+void Chainer::SetHead(const std::string& session_id, std::string hash) {
+  heads_[session_id] = std::move(hash);
+}
+
+}  // namespace toolgate::chain

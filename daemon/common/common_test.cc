@@ -1,0 +1,60 @@
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "daemon/common/crypto.h"
+#include "daemon/common/time_util.h"
+
+namespace toolgate {
+namespace {
+
+TEST(Crypto, Sha256KnownVectors) {
+  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Crypto, HmacRfc4231Case2) {
+  EXPECT_EQ(HmacSha256Hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+TEST(Crypto, ConstantTimeEquals) {
+  EXPECT_TRUE(ConstantTimeEquals("abc", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("abc", "abd"));
+  EXPECT_FALSE(ConstantTimeEquals("abc", "abcd"));
+}
+
+TEST(Crypto, UuidsAreV4AndDistinct) {
+  std::set<std::string> seen;
+  for (int i = 0; i < 10000; ++i) {
+    std::string u = NewUuid();
+    ASSERT_EQ(u.size(), 36u);
+    EXPECT_EQ(u[14], '4');
+    EXPECT_TRUE(u[19] == '8' || u[19] == '9' || u[19] == 'a' || u[19] == 'b');
+    EXPECT_TRUE(seen.insert(u).second);
+  }
+}
+
+TEST(Time, FormatIsRfc3339Utc) {
+  const SystemTime t = SystemTime(std::chrono::seconds(1700000000)) + std::chrono::microseconds(42);
+  EXPECT_EQ(FormatRfc3339(t), "2023-11-14T22:13:20.000042Z");
+}
+
+TEST(Time, ParseAcceptsTimezonesAndRoundTrips) {
+  const SystemTime t = SystemTime(std::chrono::seconds(1700000000));
+  EXPECT_EQ(*ParseRfc3339("2023-11-14T22:13:20Z"), t);
+  EXPECT_EQ(*ParseRfc3339("2023-11-14T23:13:20+01:00"), t);
+  EXPECT_EQ(*ParseRfc3339("2023-11-14T21:13:20.000-01:00"), t);
+  EXPECT_EQ(*ParseRfc3339(FormatRfc3339(t)), t);
+}
+
+TEST(Time, ParseRejectsMissingTimezoneAndGarbage) {
+  for (const char* bad : {"2023-11-14T22:13:20", "2023-11-14", "2023-13-14T22:13:20Z",
+                          "2023-11-14T22:13:20+0100", "yesterday", "2023-11-14T22:13:20Zjunk",
+                          "2023-11-14T22:13:20."}) {
+    EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace toolgate

@@ -1,0 +1,69 @@
+#include "daemon/common/crypto.h"
+
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+
+namespace toolgate {
+namespace {
+
+constexpr char kHex[] = "0123456789abcdef";
+
+std::string ToHex(const unsigned char* p, size_t n) {
+  std::string out(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kHex[p[i] >> 4];
+    out[2 * i + 1] = kHex[p[i] & 0xf];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
+  return ToHex(md, sizeof(md));
+}
+
+std::string HmacSha256Hex(std::string_view key, std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), md, &len);
+  return ToHex(md, len);
+}
+
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string NewUuid() {
+  // A per-thread generator seeded from the OS CSPRNG: ids must be unique, not secret,
+  // and RAND_bytes per event would cost more than the rest of normalization.
+  thread_local std::mt19937_64 gen = [] {
+    uint64_t seed[2] = {0, 0};
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(seed), sizeof(seed)) != 1) std::abort();
+    std::seed_seq seq{static_cast<uint32_t>(seed[0]), static_cast<uint32_t>(seed[0] >> 32),
+                      static_cast<uint32_t>(seed[1]), static_cast<uint32_t>(seed[1] >> 32)};
+    return std::mt19937_64(seq);
+  }();
+  uint64_t hi = gen(), lo = gen();
+  unsigned char b[16];
+  std::memcpy(b, &hi, 8);
+  std::memcpy(b + 8, &lo, 8);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  std::string hex = ToHex(b, 16);
+  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" +
+         hex.substr(16, 4) + "-" + hex.substr(20);
+}
+
+}  // namespace toolgate

@@ -1,0 +1,66 @@
+// toolgated: parses flags, loads the configuration, runs the daemon, maps the result to an
+// exit code (0 clean stop, 1 runtime failure, 2 bad flags or configuration).
+#include <curl/curl.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "daemon/app/daemon.h"
+#include "daemon/common/log.h"
+#include "daemon/config/config.h"
+
+extern char** environ;
+
+int main(int argc, char** argv) {
+  using namespace toolgate;
+  auto flags = config::ParseFlags(argc, argv);
+  if (!flags.ok()) {
+    std::fprintf(stderr, "toolgated: %s\n", std::string(flags.status().message()).c_str());
+    return 2;
+  }
+  if (flags->help) {
+    std::fputs(config::FlagsHelp().c_str(), stdout);
+    return 0;
+  }
+  if (flags->version) {
+    std::printf("toolgated %s\n", app::kVersion);
+    return 0;
+  }
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  auto cfg = config::Load(*flags, env);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "toolgated: %s\n", std::string(cfg.status().message()).c_str());
+    return 2;
+  }
+  if (flags->print_config) {
+    std::fputs(config::Dump(*cfg).c_str(), stdout);
+    return 0;
+  }
+  LogLevel level;
+  if (ParseLogLevel(cfg->log_level, &level)) SetLogLevel(level);
+
+  // Signals are taken by Daemon::Run with sigwait; block them before any thread starts.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+
+  app::Daemon daemon(*std::move(cfg));
+  if (absl::Status s = daemon.Start(); !s.ok()) {
+    LogError("cannot start", {{"error", std::string(s.message())}});
+    return 1;
+  }
+  daemon.Run();
+  return 0;
+}

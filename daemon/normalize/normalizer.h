@@ -1,0 +1,58 @@
+// Normalizer: validates an agent's Event, fills what is missing (eventId, sourceTimestamp),
+// hashes the tool arguments and builds the upstream envelope in canonical (RFC 8785) form.
+// The raw arguments are not copied anywhere: only their hash leaves this stage.
+//
+// Thread-safe: immutable after construction; called concurrently from gRPC reactions.
+#ifndef TOOLGATE_DAEMON_NORMALIZE_NORMALIZER_H_
+#define TOOLGATE_DAEMON_NORMALIZE_NORMALIZER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "daemon/common/clock.h"
+#include "toolgate/v1/events.pb.h"
+
+namespace toolgate::normalize {
+
+struct NormalizerOptions {
+  uint64_t max_argument_bytes = 1 << 20;  // larger arguments_json → INVALID_ARGUMENT
+  std::string hmac_key;                   // non-empty: argumentsHash = HMAC-SHA256
+};
+
+// An event ready to be chained: its canonical envelope split around the place where
+// `previousHash` goes (JCS orders keys, and "previousHash" falls after "payload"),
+// so the chain stage only concatenates.
+struct NormalizedEvent {
+  std::string event_id;
+  std::string agent_id;
+  std::string session_id;
+  std::string head;  // "{" ... "payload":{...}
+  std::string tail;  // ,"runId":... "}"
+
+  size_t size() const { return head.size() + tail.size() + 81; }
+};
+
+class Normalizer {
+ public:
+  Normalizer(NormalizerOptions options, Clock* clock);
+
+  // Fills `out` from `in`. On error returns INVALID_ARGUMENT whose message names the field
+  // as "<field_prefix>.<field>: <rule>", e.g. "events[2].session_id: required".
+  absl::Status Normalize(const toolgate::v1::Event& in, const std::string& field_prefix,
+                         NormalizedEvent* out) const;
+
+  // The argumentsHash of a canonical JSON text (SHA-256 or HMAC-SHA256 hex).
+  std::string HashArguments(const std::string& canonical) const;
+
+ private:
+  NormalizerOptions options_;
+  Clock* clock_;
+};
+
+// Appends `"key":` then a JSON string value (both in JCS escaping).
+void AppendMember(std::string* out, std::string_view key, std::string_view value, bool* first);
+
+}  // namespace toolgate::normalize
+
+#endif  // TOOLGATE_DAEMON_NORMALIZE_NORMALIZER_H_

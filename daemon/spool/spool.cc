@@ -1,0 +1,617 @@
+#include "daemon/spool/spool.h"
+
+#include <algorithm>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/common/log.h"
+
+namespace toolgate::spool {
+namespace {
+
+int64_t Millis(SystemTime t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+// RAII for a prepared statement.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  sqlite3_stmt* get() { return s_; }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+absl::Status SqlError(sqlite3* db, const char* what) {
+  const int code = sqlite3_errcode(db);
+  std::string msg = absl::StrCat("spool: ", what, ": ", sqlite3_errmsg(db));
+  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(msg);
+  return absl::UnavailableError(msg);
+}
+
+std::string Text(sqlite3_stmt* s, int col) {
+  const unsigned char* p = sqlite3_column_text(s, col);
+  return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(s, col))
+           : std::string();
+}
+
+std::string IdList(const std::vector<uint64_t>& ids) {
+  std::string out;
+  for (uint64_t id : ids) absl::StrAppend(&out, out.empty() ? "" : ",", id);
+  return out;
+}
+
+}  // namespace
+
+struct Spool::Op {
+  enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge } kind;
+  std::vector<normalize::NormalizedEvent> events;
+  uint64_t bytes = 0;
+  AppendDone done;
+  std::vector<uint64_t> seqs;
+  std::vector<DeadLetterInfo> letters;
+  std::function<void(uint64_t)> count_done;
+  uint64_t count = 0;
+};
+
+// ---------------------------------------------------------------- Reader
+
+Reader::~Reader() {
+  sqlite3_finalize(read_after_);
+  sqlite3_close(db_);
+}
+
+absl::Status Reader::ReadAfter(uint64_t after, size_t max_events, size_t max_bytes,
+                               std::vector<StoredEvent>* out) {
+  if (read_after_ == nullptr &&
+      sqlite3_prepare_v2(db_,
+                         "SELECT seq, session_id, event_id, body FROM events WHERE seq > ?1 "
+                         "ORDER BY seq LIMIT ?2",
+                         -1, &read_after_, nullptr) != SQLITE_OK) {
+    return SqlError(db_, "prepare read");
+  }
+  sqlite3_reset(read_after_);
+  sqlite3_bind_int64(read_after_, 1, static_cast<int64_t>(after));
+  sqlite3_bind_int64(read_after_, 2, static_cast<int64_t>(max_events));
+  size_t bytes = 0;
+  int rc;
+  while ((rc = sqlite3_step(read_after_)) == SQLITE_ROW) {
+    StoredEvent ev;
+    ev.seq = static_cast<uint64_t>(sqlite3_column_int64(read_after_, 0));
+    ev.session_id = Text(read_after_, 1);
+    ev.event_id = Text(read_after_, 2);
+    ev.body = Text(read_after_, 3);
+    bytes += ev.body.size();
+    out->push_back(std::move(ev));
+    if (bytes >= max_bytes) break;
+  }
+  sqlite3_reset(read_after_);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "read");
+  return absl::OkStatus();
+}
+
+absl::Status Reader::ReadSession(const std::string& session_id,
+                                 const std::function<bool(const StoredEvent&)>& each) {
+  Stmt s(db_, "SELECT seq, session_id, event_id, body FROM events WHERE session_id = ?1 "
+              "ORDER BY seq");
+  if (!s.ok()) return SqlError(db_, "prepare export");
+  sqlite3_bind_text(s.get(), 1, session_id.data(), static_cast<int>(session_id.size()),
+                    SQLITE_TRANSIENT);
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    StoredEvent ev{static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0)), Text(s.get(), 1),
+                   Text(s.get(), 2), Text(s.get(), 3)};
+    if (!each(ev)) break;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "export");
+  return absl::OkStatus();
+}
+
+absl::Status Reader::ListDeadLetters(uint64_t after_id, size_t limit,
+                                     std::vector<DeadLetterRow>* out) {
+  Stmt s(db_, "SELECT id, event_id, session_id, http_status, code, message, created_ms, body "
+              "FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2");
+  if (!s.ok()) return SqlError(db_, "prepare dead letters");
+  sqlite3_bind_int64(s.get(), 1, static_cast<int64_t>(after_id));
+  sqlite3_bind_int64(s.get(), 2, static_cast<int64_t>(limit));
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    DeadLetterRow r;
+    r.id = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+    r.event_id = Text(s.get(), 1);
+    r.session_id = Text(s.get(), 2);
+    r.http_status = sqlite3_column_int(s.get(), 3);
+    r.code = Text(s.get(), 4);
+    r.message = Text(s.get(), 5);
+    r.created_ms = sqlite3_column_int64(s.get(), 6);
+    r.body = Text(s.get(), 7);
+    out->push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "dead letters");
+  return absl::OkStatus();
+}
+
+absl::Status Reader::ListSessions(const std::string& agent_id, size_t limit,
+                                  std::vector<SessionRow>* out) {
+  Stmt s(db_, "SELECT session_id, agent_id, last_hash, events, updated_ms FROM chain_heads "
+              "WHERE ?1 = '' OR agent_id = ?1 ORDER BY updated_ms DESC LIMIT ?2");
+  if (!s.ok()) return SqlError(db_, "prepare sessions");
+  sqlite3_bind_text(s.get(), 1, agent_id.data(), static_cast<int>(agent_id.size()),
+                    SQLITE_TRANSIENT);
+  sqlite3_bind_int64(s.get(), 2, static_cast<int64_t>(limit));
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    out->push_back({Text(s.get(), 0), Text(s.get(), 1), Text(s.get(), 2),
+                    static_cast<uint64_t>(sqlite3_column_int64(s.get(), 3)),
+                    sqlite3_column_int64(s.get(), 4)});
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "sessions");
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- Spool
+
+absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(SpoolOptions options, Clock* clock) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(options.path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("spool: cannot open ", options.path, ": ", msg));
+  }
+  std::unique_ptr<Spool> spool(new Spool(std::move(options), clock, db));
+  if (absl::Status s = spool->Init(); !s.ok()) return s;
+  spool->writer_ = std::thread([p = spool.get()] { p->WriterLoop(); });
+  return spool;
+}
+
+Spool::Spool(SpoolOptions options, Clock* clock, sqlite3* db)
+    : options_(std::move(options)), clock_(clock), db_(db) {}
+
+Spool::~Spool() {
+  Close();
+  sqlite3_close(db_);
+}
+
+absl::Status Spool::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    const int code = sqlite3_errcode(db_);
+    std::string full = absl::StrCat("spool: ", msg, " (in: ", std::string(sql).substr(0, 60), ")");
+    return code == SQLITE_FULL ? absl::ResourceExhaustedError(full) : absl::UnavailableError(full);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Spool::Init() {
+  sqlite3_busy_timeout(db_, 5000);
+  const std::string sync = options_.limits.sync ? "FULL" : "NORMAL";
+  for (const std::string& sql : {
+           std::string("PRAGMA journal_mode=WAL"),
+           "PRAGMA synchronous=" + sync,
+           std::string("PRAGMA foreign_keys=OFF"),
+           std::string("CREATE TABLE IF NOT EXISTS events("
+                       " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                       " session_id TEXT NOT NULL, event_id TEXT NOT NULL,"
+                       " body TEXT NOT NULL, created_ms INTEGER NOT NULL)"),
+           std::string("CREATE TABLE IF NOT EXISTS chain_heads("
+                       " session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL,"
+                       " last_hash TEXT NOT NULL, events INTEGER NOT NULL,"
+                       " updated_ms INTEGER NOT NULL) WITHOUT ROWID"),
+           std::string("CREATE TABLE IF NOT EXISTS dead_letters("
+                       " id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER,"
+                       " event_id TEXT NOT NULL, session_id TEXT NOT NULL,"
+                       " http_status INTEGER NOT NULL, code TEXT NOT NULL,"
+                       " message TEXT NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL)"),
+       }) {
+    if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
+  }
+  {
+    Stmt s(db_, "SELECT session_id, last_hash FROM chain_heads");
+    while (sqlite3_step(s.get()) == SQLITE_ROW) chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
+  }
+  {
+    Stmt s(db_, "SELECT count(*), coalesce(sum(length(body)), 0) FROM events");
+    if (sqlite3_step(s.get()) == SQLITE_ROW) {
+      stored_events_ = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+      stored_bytes_ = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
+    }
+  }
+  {
+    Stmt s(db_, "SELECT count(*) FROM dead_letters");
+    if (sqlite3_step(s.get()) == SQLITE_ROW) {
+      dead_letters_ = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+    }
+  }
+  if (!options_.standalone) {
+    queue_depth_ = stored_events_.load();
+    queue_bytes_ = stored_bytes_.load();
+  }
+  LogInfo("spool opened", {{"path", options_.path},
+                           {"events", stored_events_.load()},
+                           {"bytes", stored_bytes_.load()},
+                           {"sessions", chainer_.sessions()},
+                           {"dead_letters", dead_letters_.load()}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Reader>> Spool::NewReader() {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(options_.path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError("spool: cannot open a reader: " + msg);
+  }
+  sqlite3_busy_timeout(db, 5000);
+  return std::unique_ptr<Reader>(new Reader(db));
+}
+
+void Spool::SetCommitListener(std::function<void()> listener) {
+  commit_listener_ = std::move(listener);
+}
+
+void Spool::SetEventListener(std::function<void(const StoredEvent&)> listener) {
+  event_listener_ = std::move(listener);
+}
+
+void Spool::Enqueue(Op op) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!closing_) {
+      ops_.push_back(std::move(op));
+      cv_.notify_one();
+      return;
+    }
+  }
+  // Closed: nothing more is written.
+  if (op.done) op.done(absl::UnavailableError("spool: shutting down"));
+  if (op.count_done) op.count_done(0);
+}
+
+void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone done) {
+  if (failed_.load()) {
+    std::lock_guard<std::mutex> l(mu_);
+    done(absl::UnavailableError("spool failed earlier and refuses writes: " + failure_copy_));
+    return;
+  }
+  uint64_t bytes = 0;
+  for (const auto& e : events) bytes += e.size();
+  if (!options_.standalone) {
+    const uint64_t after = queue_bytes_.load() + pending_bytes_.fetch_add(bytes) + bytes;
+    if (after > options_.limits.max_bytes) {
+      pending_bytes_.fetch_sub(bytes);
+      rejected_full_.fetch_add(events.size());
+      done(absl::ResourceExhaustedError(absl::StrCat(
+          "spool full (", queue_bytes_.load(), " of ", options_.limits.max_bytes,
+          " bytes waiting for the upstream); retry after ",
+          options_.limits.retry_after.count(), " ms")));
+      return;
+    }
+  } else {
+    pending_bytes_.fetch_add(bytes);
+  }
+  Op op{Op::kAppend};
+  op.events = std::move(events);
+  op.bytes = bytes;
+  op.done = std::move(done);
+  Enqueue(std::move(op));
+}
+
+void Spool::Ack(std::vector<uint64_t> seqs) {
+  Op op{Op::kAck};
+  op.seqs = std::move(seqs);
+  Enqueue(std::move(op));
+}
+
+void Spool::DeadLetter(std::vector<DeadLetterInfo> letters) {
+  Op op{Op::kDeadLetter};
+  op.letters = std::move(letters);
+  Enqueue(std::move(op));
+}
+
+void Spool::RetryDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done) {
+  Op op{Op::kRetry};
+  op.seqs = std::move(ids);
+  op.count_done = std::move(done);
+  Enqueue(std::move(op));
+}
+
+void Spool::PurgeDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done) {
+  Op op{Op::kPurge};
+  op.seqs = std::move(ids);
+  op.count_done = std::move(done);
+  Enqueue(std::move(op));
+}
+
+Stats Spool::stats() const {
+  Stats s;
+  s.stored_events = stored_events_.load();
+  s.stored_bytes = stored_bytes_.load();
+  s.queue_depth = queue_depth_.load();
+  s.queue_bytes = queue_bytes_.load();
+  s.dead_letters = dead_letters_.load();
+  s.commits = commits_.load();
+  s.appended = appended_.load();
+  s.evicted = evicted_.load();
+  s.rejected_full = rejected_full_.load();
+  s.failed = failed_.load();
+  return s;
+}
+
+void Spool::Close() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    closing_ = true;
+    cv_.notify_all();
+  }
+  if (writer_.joinable()) writer_.join();
+}
+
+absl::Status Spool::Evict() {
+  if (!options_.standalone) return absl::OkStatus();
+  const int64_t now = Millis(clock_->Now());
+  const uint64_t max_bytes = options_.limits.retention_max_bytes;
+  // Age: checked at most once a second.
+  if (now - last_age_eviction_ms_ >= 1000) {
+    last_age_eviction_ms_ = now;
+    const int64_t cutoff = now - options_.limits.retention_max_age.count();
+    Stmt s(db_, "DELETE FROM events WHERE created_ms < ?1 RETURNING length(body)");
+    sqlite3_bind_int64(s.get(), 1, cutoff);
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+      stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+      --stored_events_;
+      ++evicted_;
+    }
+    if (rc != SQLITE_DONE) return SqlError(db_, "evict by age");
+  }
+  if (stored_bytes_.load() <= max_bytes) return absl::OkStatus();
+  // Size: drop the oldest events, in chunks, until under the limit.
+  Stmt s(db_, "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT 1024) "
+              "RETURNING length(body)");
+  while (stored_bytes_.load() > max_bytes) {
+    sqlite3_reset(s.get());
+    int rc, n = 0;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+      stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+      --stored_events_;
+      ++evicted_;
+      ++n;
+    }
+    if (rc != SQLITE_DONE) return SqlError(db_, "evict by size");
+    if (n == 0) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
+  Stmt insert(db_, "INSERT INTO events(session_id, event_id, body, created_ms) "
+                   "VALUES (?1, ?2, ?3, ?4)");
+  Stmt head(db_, "INSERT INTO chain_heads(session_id, agent_id, last_hash, events, updated_ms) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(session_id) DO UPDATE SET "
+                 "last_hash = excluded.last_hash, events = events + excluded.events, "
+                 "updated_ms = excluded.updated_ms");
+  Stmt del(db_, "DELETE FROM events WHERE seq = ?1 RETURNING length(body)");
+  Stmt dead(db_, "INSERT INTO dead_letters(seq, event_id, session_id, http_status, code, message,"
+                 " created_ms, body) SELECT seq, event_id, session_id, ?2, ?3, ?4, ?5, body "
+                 "FROM events WHERE seq = ?1");
+  if (!insert.ok() || !head.ok() || !del.ok() || !dead.ok()) return SqlError(db_, "prepare");
+  const int64_t now = Millis(clock_->Now());
+
+  struct HeadUpdate {
+    std::string agent_id;
+    std::string hash;
+    int64_t events = 0;
+  };
+  std::unordered_map<std::string, HeadUpdate> heads;
+  auto step_done = [&](sqlite3_stmt* s, const char* what) -> absl::Status {
+    const int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) return SqlError(db_, what);
+    return absl::OkStatus();
+  };
+  auto delete_seq = [&](uint64_t seq) -> absl::Status {
+    sqlite3_bind_int64(del.get(), 1, static_cast<int64_t>(seq));
+    const int rc = sqlite3_step(del.get());
+    if (rc == SQLITE_ROW) {
+      const uint64_t len = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 0));
+      stored_bytes_ -= len;
+      --stored_events_;
+      if (!options_.standalone) {
+        queue_bytes_ -= len;
+        --queue_depth_;
+      }
+      sqlite3_step(del.get());
+    } else if (rc != SQLITE_DONE) {
+      sqlite3_reset(del.get());
+      return SqlError(db_, "delete");
+    }
+    sqlite3_reset(del.get());
+    return absl::OkStatus();
+  };
+
+  std::string bytes;
+  for (Op& op : ops) {
+    switch (op.kind) {
+      case Op::kAppend:
+        for (const auto& ev : op.events) {
+          const std::string hash = chainer_.Link(ev, &bytes);
+          sqlite3_bind_text(insert.get(), 1, ev.session_id.data(),
+                            static_cast<int>(ev.session_id.size()), SQLITE_STATIC);
+          sqlite3_bind_text(insert.get(), 2, ev.event_id.data(),
+                            static_cast<int>(ev.event_id.size()), SQLITE_STATIC);
+          sqlite3_bind_text(insert.get(), 3, bytes.data(), static_cast<int>(bytes.size()),
+                            SQLITE_STATIC);
+          sqlite3_bind_int64(insert.get(), 4, now);
+          if (absl::Status s = step_done(insert.get(), "insert"); !s.ok()) return s;
+          HeadUpdate& h = heads[ev.session_id];
+          h.agent_id = ev.agent_id;
+          h.hash = hash;
+          ++h.events;
+          stored_bytes_ += bytes.size();
+          ++stored_events_;
+          if (!options_.standalone) {
+            queue_bytes_ += bytes.size();
+            ++queue_depth_;
+          }
+        }
+        break;
+      case Op::kAck:
+        for (uint64_t seq : op.seqs) {
+          if (absl::Status s = delete_seq(seq); !s.ok()) return s;
+        }
+        break;
+      case Op::kDeadLetter:
+        for (const DeadLetterInfo& d : op.letters) {
+          sqlite3_bind_int64(dead.get(), 1, static_cast<int64_t>(d.seq));
+          sqlite3_bind_int(dead.get(), 2, d.http_status);
+          sqlite3_bind_text(dead.get(), 3, d.code.data(), static_cast<int>(d.code.size()),
+                            SQLITE_STATIC);
+          sqlite3_bind_text(dead.get(), 4, d.message.data(), static_cast<int>(d.message.size()),
+                            SQLITE_STATIC);
+          sqlite3_bind_int64(dead.get(), 5, now);
+          if (absl::Status s = step_done(dead.get(), "dead letter"); !s.ok()) return s;
+          dead_letters_ += static_cast<uint64_t>(sqlite3_changes(db_));
+          if (absl::Status s = delete_seq(d.seq); !s.ok()) return s;
+        }
+        break;
+      case Op::kRetry:
+      case Op::kPurge: {
+        const std::string where = op.seqs.empty() ? "" : " WHERE id IN (" + IdList(op.seqs) + ")";
+        if (op.kind == Op::kRetry) {
+          const std::string sql =
+              "INSERT INTO events(session_id, event_id, body, created_ms) SELECT session_id, "
+              "event_id, body, " + std::to_string(now) + " FROM dead_letters" + where +
+              " ORDER BY id";
+          if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
+        }
+        // Count and size of what leaves the dead-letter table.
+        std::string q = "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters" + where;
+        Stmt count(db_, q.c_str());
+        uint64_t n = 0, len = 0;
+        if (sqlite3_step(count.get()) == SQLITE_ROW) {
+          n = static_cast<uint64_t>(sqlite3_column_int64(count.get(), 0));
+          len = static_cast<uint64_t>(sqlite3_column_int64(count.get(), 1));
+        }
+        const std::string sql = "DELETE FROM dead_letters" + where;
+        if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
+        dead_letters_ -= n;
+        if (op.kind == Op::kRetry) {
+          stored_events_ += n;
+          stored_bytes_ += len;
+          if (!options_.standalone) {
+            queue_depth_ += n;
+            queue_bytes_ += len;
+          }
+        }
+        op.count = n;
+        break;
+      }
+    }
+  }
+  for (auto& [session, h] : heads) {
+    sqlite3_bind_text(head.get(), 1, session.data(), static_cast<int>(session.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(head.get(), 2, h.agent_id.data(), static_cast<int>(h.agent_id.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(head.get(), 3, h.hash.data(), static_cast<int>(h.hash.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(head.get(), 4, h.events);
+    sqlite3_bind_int64(head.get(), 5, now);
+    if (absl::Status s = step_done(head.get(), "chain head"); !s.ok()) return s;
+  }
+  return Evict();
+}
+
+void Spool::WriterLoop() {
+  std::vector<Op> batch;
+  for (;;) {
+    batch.clear();
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return closing_ || !ops_.empty(); });
+      if (ops_.empty() && closing_) break;
+      size_t events = 0;
+      while (!ops_.empty() && (batch.empty() || events < options_.limits.commit_max_events)) {
+        events += ops_.front().events.size() + ops_.front().seqs.size();
+        batch.push_back(std::move(ops_.front()));
+        ops_.pop_front();
+      }
+    }
+    uint64_t batch_bytes = 0;
+    for (const Op& op : batch) batch_bytes += op.bytes;
+
+    absl::Status status;
+    if (failed_.load()) {
+      status = absl::UnavailableError("spool failed earlier and refuses writes: " + failure_);
+    } else {
+      // Counters and chain heads change as rows are written; keep copies to undo a rollback.
+      const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_, queue_bytes_,
+                                dead_letters_, evicted_};
+      std::unordered_map<std::string, std::string> saved_heads;
+      for (const Op& op : batch) {
+        for (const auto& ev : op.events) {
+          if (saved_heads.count(ev.session_id)) continue;
+          const std::string* h = chainer_.Head(ev.session_id);
+          saved_heads[ev.session_id] = h ? *h : std::string();
+        }
+      }
+      status = Exec("BEGIN IMMEDIATE");
+      if (status.ok()) status = ApplyBatch(batch);
+      if (status.ok()) {
+        status = Exec("COMMIT");
+        if (!status.ok() && !absl::IsResourceExhausted(status)) {
+          // The commit (and its fsync) failed: what is on disk is unknown. Stop writing.
+          failure_ = std::string(status.message());
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            failure_copy_ = failure_;
+          }
+          failed_ = true;
+          LogError("spool commit failed; refusing further writes", {{"error", failure_}});
+        }
+      }
+      if (!status.ok()) {
+        Exec("ROLLBACK").IgnoreError();
+        stored_events_ = saved[0];
+        stored_bytes_ = saved[1];
+        queue_depth_ = saved[2];
+        queue_bytes_ = saved[3];
+        dead_letters_ = saved[4];
+        evicted_ = saved[5];
+        for (auto& [session, hash] : saved_heads) chainer_.SetHead(session, hash);
+        if (absl::IsResourceExhausted(status)) {
+          LogWarn("spool: disk full, appends refused until space returns",
+                  {{"error", std::string(status.message())}});
+        }
+      } else {
+        ++commits_;
+      }
+    }
+    pending_bytes_ -= batch_bytes;
+    for (Op& op : batch) {
+      if (op.kind == Op::kAppend) {
+        if (status.ok()) {
+          appended_ += op.events.size();
+        } else if (absl::IsResourceExhausted(status)) {
+          rejected_full_ += op.events.size();
+        }
+        op.done(status);
+      } else if (op.count_done) {
+        op.count_done(status.ok() ? op.count : 0);
+      }
+    }
+    if (status.ok() && commit_listener_) commit_listener_();
+  }
+}
+
+}  // namespace toolgate::spool

@@ -1,0 +1,177 @@
+// Spool: the durable queue between ingest and the shipper, and the local audit store.
+//
+// Appends are acknowledged only after their transaction is committed (and fsynced, with
+// spool.sync): many appends share one transaction (group commit, one writer thread, as
+// LevelDB's writer queue). The chain stage runs on that writer thread too, so that each
+// session's order is the commit order and its head is stored in the same transaction.
+//
+// Bounded by bytes: in upstream mode an append that would take unshipped bytes past
+// spool.max_bytes fails with RESOURCE_EXHAUSTED (the client retries; nothing is dropped).
+// In standalone mode nothing ships and the oldest events are evicted by retention instead.
+//
+// After a failed commit the store's state is unknown, so the error is sticky (as LevelDB's
+// background error): every later append fails with UNAVAILABLE. SQLITE_FULL is the exception:
+// the transaction is rolled back cleanly and the appends get RESOURCE_EXHAUSTED.
+//
+// Thread-safe. Callbacks run on the writer thread and must not block.
+#ifndef TOOLGATE_DAEMON_SPOOL_SPOOL_H_
+#define TOOLGATE_DAEMON_SPOOL_SPOOL_H_
+
+#include <sqlite3.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "daemon/chain/chainer.h"
+#include "daemon/common/clock.h"
+#include "daemon/config/config.h"
+#include "daemon/normalize/normalizer.h"
+
+namespace toolgate::spool {
+
+struct SpoolOptions {
+  std::string path;          // the SQLite file
+  bool standalone = true;    // no upstream: keep events, evict by retention
+  config::SpoolOptions limits;
+};
+
+struct StoredEvent {
+  uint64_t seq = 0;
+  std::string session_id;
+  std::string event_id;
+  std::string body;  // canonical JSON envelope, exactly as shipped
+};
+
+struct DeadLetterInfo {
+  uint64_t seq = 0;
+  int http_status = 0;
+  std::string code;
+  std::string message;
+};
+
+struct DeadLetterRow {
+  uint64_t id = 0;
+  std::string event_id, session_id, code, message, body;
+  int http_status = 0;
+  int64_t created_ms = 0;
+};
+
+struct SessionRow {
+  std::string session_id, agent_id, last_hash;
+  uint64_t events = 0;
+  int64_t updated_ms = 0;
+};
+
+struct Stats {
+  uint64_t stored_events = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t queue_depth = 0;  // events waiting to be shipped
+  uint64_t queue_bytes = 0;
+  uint64_t dead_letters = 0;
+  uint64_t sessions = 0;
+  uint64_t commits = 0;
+  uint64_t appended = 0;
+  uint64_t evicted = 0;
+  uint64_t rejected_full = 0;
+  bool failed = false;
+};
+
+// A read-only connection, for one thread at a time (the shipper's, or one admin call's).
+class Reader {
+ public:
+  ~Reader();
+  // Events with seq > after, in order, at most max_events / about max_bytes.
+  absl::Status ReadAfter(uint64_t after, size_t max_events, size_t max_bytes,
+                         std::vector<StoredEvent>* out);
+  absl::Status ReadSession(const std::string& session_id,
+                           const std::function<bool(const StoredEvent&)>& each);
+  absl::Status ListDeadLetters(uint64_t after_id, size_t limit, std::vector<DeadLetterRow>* out);
+  absl::Status ListSessions(const std::string& agent_id, size_t limit,
+                            std::vector<SessionRow>* out);
+
+ private:
+  friend class Spool;
+  explicit Reader(sqlite3* db) : db_(db) {}
+  sqlite3* db_;
+  sqlite3_stmt* read_after_ = nullptr;
+};
+
+class Spool {
+ public:
+  using AppendDone = std::function<void(const absl::Status&)>;
+
+  static absl::StatusOr<std::unique_ptr<Spool>> Open(SpoolOptions options, Clock* clock);
+  ~Spool();
+
+  // Queues events for the next group commit; `done` runs once they are durable (OK) or
+  // could not be stored (RESOURCE_EXHAUSTED: full; UNAVAILABLE: the store failed). Either
+  // all events of one call are stored, or none.
+  void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done);
+
+  // From the shipper: delivered events leave the queue; refused ones become dead letters.
+  void Ack(std::vector<uint64_t> seqs);
+  void DeadLetter(std::vector<DeadLetterInfo> letters);
+
+  // Admin mutations; `done` gets the number of rows affected.
+  void RetryDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done);
+  void PurgeDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done);
+
+  // Called on the writer thread after each commit (the shipper wakes up on it).
+  void SetCommitListener(std::function<void()> listener);
+  // Called on the writer thread with every committed event (for `toolgate tail`).
+  void SetEventListener(std::function<void(const StoredEvent&)> listener);
+
+  absl::StatusOr<std::unique_ptr<Reader>> NewReader();
+  Stats stats() const;
+  bool standalone() const { return options_.standalone; }
+
+  // Commits what is queued and stops the writer. Idempotent.
+  void Close();
+
+ private:
+  struct Op;
+  Spool(SpoolOptions options, Clock* clock, sqlite3* db);
+  absl::Status Init();
+  void Enqueue(Op op);
+  void WriterLoop();
+  absl::Status ApplyBatch(std::vector<Op>& ops);
+  absl::Status Exec(const char* sql);
+  absl::Status Evict();
+
+  const SpoolOptions options_;
+  Clock* const clock_;
+  sqlite3* const db_;  // writer thread only (and Init)
+  chain::Chainer chainer_;  // writer thread only
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Op> ops_;     // guarded by mu_
+  bool closing_ = false;   // guarded by mu_
+  std::function<void()> commit_listener_;                     // set before traffic
+  std::function<void(const StoredEvent&)> event_listener_;    // set before traffic
+
+  // Counters, written by the writer thread (pending_bytes_ by appenders too).
+  std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};
+  std::atomic<uint64_t> dead_letters_{0}, commits_{0}, appended_{0}, evicted_{0};
+  std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0};
+  std::atomic<bool> failed_{false};
+  std::string failure_;  // writer thread; copied under mu_ into failure_copy_
+  std::string failure_copy_;  // guarded by mu_
+  int64_t last_age_eviction_ms_ = 0;  // writer thread only
+
+  std::thread writer_;
+};
+
+}  // namespace toolgate::spool
+
+#endif  // TOOLGATE_DAEMON_SPOOL_SPOOL_H_
