@@ -52,62 +52,72 @@ inline int Utf8SequenceLength(const unsigned char* p, const unsigned char* end) 
   return 0;
 }
 
-inline void AppendUtf8(uint32_t cp, std::string* out) {
-  char buf[4];
+// Writes code point `cp` (a Unicode scalar value) as UTF-8 to `w` (room for 4 bytes); returns the
+// number of bytes written.
+inline size_t WriteUtf8(uint32_t cp, char* w) {
   if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-    return;
+    w[0] = static_cast<char>(cp);
+    return 1;
   }
   if (cp < 0x800) {
-    buf[0] = static_cast<char>(0xC0 | (cp >> 6));
-    buf[1] = static_cast<char>(0x80 | (cp & 0x3F));
-    out->append(buf, 2);
-  } else if (cp < 0x10000) {
-    buf[0] = static_cast<char>(0xE0 | (cp >> 12));
-    buf[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    buf[2] = static_cast<char>(0x80 | (cp & 0x3F));
-    out->append(buf, 3);
-  } else {
-    buf[0] = static_cast<char>(0xF0 | (cp >> 18));
-    buf[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    buf[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    buf[3] = static_cast<char>(0x80 | (cp & 0x3F));
-    out->append(buf, 4);
+    w[0] = static_cast<char>(0xC0 | (cp >> 6));
+    w[1] = static_cast<char>(0x80 | (cp & 0x3F));
+    return 2;
   }
+  if (cp < 0x10000) {
+    w[0] = static_cast<char>(0xE0 | (cp >> 12));
+    w[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    w[2] = static_cast<char>(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  w[0] = static_cast<char>(0xF0 | (cp >> 18));
+  w[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+  w[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+  w[3] = static_cast<char>(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+inline void AppendUtf8(uint32_t cp, std::string* out) {
+  char buf[4];
+  out->append(buf, WriteUtf8(cp, buf));
 }
 
 // True for the ASCII characters RFC 8785 requires to be escaped.
 inline bool NeedsEscape(unsigned char c) { return c < 0x20 || c == '"' || c == '\\'; }
 
-// Appends the RFC 8785 escape for `c`, which must satisfy NeedsEscape(c).
-inline void AppendEscape(unsigned char c, std::string* out) {
+// Writes the RFC 8785 escape for `c`, which must satisfy NeedsEscape(c), to `w` (room for 6
+// bytes); returns the number of bytes written.
+inline size_t WriteEscape(unsigned char c, char* w) {
+  w[0] = '\\';
   switch (c) {
     case '"':
-      out->append("\\\"", 2);
-      return;
+      w[1] = '"';
+      return 2;
     case '\\':
-      out->append("\\\\", 2);
-      return;
+      w[1] = '\\';
+      return 2;
     case '\b':
-      out->append("\\b", 2);
-      return;
+      w[1] = 'b';
+      return 2;
     case '\f':
-      out->append("\\f", 2);
-      return;
+      w[1] = 'f';
+      return 2;
     case '\n':
-      out->append("\\n", 2);
-      return;
+      w[1] = 'n';
+      return 2;
     case '\r':
-      out->append("\\r", 2);
-      return;
+      w[1] = 'r';
+      return 2;
     case '\t':
-      out->append("\\t", 2);
-      return;
-    default: {
-      const char buf[6] = {'\\', 'u', '0', '0', kHexDigits[c >> 4], kHexDigits[c & 0xF]};
-      out->append(buf, 6);
-      return;
-    }
+      w[1] = 't';
+      return 2;
+    default:
+      w[1] = 'u';
+      w[2] = '0';
+      w[3] = '0';
+      w[4] = kHexDigits[c >> 4];
+      w[5] = kHexDigits[c & 0xF];
+      return 6;
   }
 }
 
@@ -126,7 +136,8 @@ bool AppendQuotedString(std::string_view s, std::string* out) {
       p += len;
     } else if (NeedsEscape(c)) {
       out->append(reinterpret_cast<const char*>(run), p - run);
-      AppendEscape(c, out);
+      char buf[6];
+      out->append(buf, WriteEscape(c, buf));
       run = ++p;
     } else {
       ++p;
@@ -162,29 +173,31 @@ int CompareUtf16Order(std::string_view a, std::string_view b) {
 // ---------------------------------------------------------------------------------------------
 // Numbers.
 
-// Appends ECMAScript Number::toString(d) (ECMA-262 section 6.1.6.1.20) for finite `d`.
-void AppendNumber(double d, std::string* out) {
+// Longest output of WriteNumber: "-0.00000" + 17 digits.
+constexpr size_t kMaxNumberLength = 25;
+
+// Writes ECMAScript Number::toString(d) (ECMA-262 section 6.1.6.1.20) for finite `d` to `w`, which
+// must have room for kMaxNumberLength bytes, and returns the end of the written text.
+char* WriteNumber(double d, char* w) {
   if (d == 0) {  // +0 and -0.
-    out->push_back('0');
-    return;
+    *w++ = '0';
+    return w;
   }
   constexpr double k2Pow53 = 9007199254740992.0;
-  char buf[40];
   if (std::fabs(d) < k2Pow53 && d == std::trunc(d)) {
     // Exact integers below 2^53: their digits are the shortest round-trip digits.
-    const auto r = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(d));
-    out->append(buf, r.ptr - buf);
-    return;
+    return std::to_chars(w, w + kMaxNumberLength, static_cast<int64_t>(d)).ptr;
   }
-  // Shortest round-trip digits, as "[-]D[.DDD]e(+|-)XX".
+  // Shortest round-trip digits, as "[-]D[.DDD]e(+|-)X[XX]".
+  char buf[32];
   const auto r = std::to_chars(buf, buf + sizeof(buf), d, std::chars_format::scientific);
   const char* p = buf;
   const char* const end = r.ptr;
   if (*p == '-') {
-    out->push_back('-');
+    *w++ = '-';
     ++p;
   }
-  char digits[24];
+  char digits[20];
   int k = 0;
   digits[k++] = *p++;
   if (*p == '.') {
@@ -197,29 +210,40 @@ void AppendNumber(double d, std::string* out) {
   int e = 0;
   while (p < end) e = e * 10 + (*p++ - '0');
   if (negative_exponent) e = -e;
-  const int n = e + 1;  // d = 0.digits * 10^n
+  const int n = e + 1;  // d = 0.digits * 10^n, with k significant digits.
   if (k <= n && n <= 21) {
-    out->append(digits, k);
-    out->append(n - k, '0');
-  } else if (0 < n && n <= 21) {
-    out->append(digits, n);
-    out->push_back('.');
-    out->append(digits + n, k - n);
-  } else if (-6 < n && n <= 0) {
-    out->append("0.", 2);
-    out->append(-n, '0');
-    out->append(digits, k);
-  } else {
-    out->push_back(digits[0]);
-    if (k > 1) {
-      out->push_back('.');
-      out->append(digits + 1, k - 1);
-    }
-    out->push_back('e');
-    out->push_back(n - 1 >= 0 ? '+' : '-');
-    const auto er = std::to_chars(buf, buf + sizeof(buf), std::abs(n - 1));
-    out->append(buf, er.ptr - buf);
+    std::memcpy(w, digits, k);
+    std::memset(w + k, '0', n - k);
+    return w + n;
   }
+  if (0 < n && n <= 21) {
+    std::memcpy(w, digits, n);
+    w[n] = '.';
+    std::memcpy(w + n + 1, digits + n, k - n);
+    return w + k + 1;
+  }
+  if (-6 < n && n <= 0) {
+    *w++ = '0';
+    *w++ = '.';
+    std::memset(w, '0', -n);
+    w += -n;
+    std::memcpy(w, digits, k);
+    return w + k;
+  }
+  *w++ = digits[0];
+  if (k > 1) {
+    *w++ = '.';
+    std::memcpy(w, digits + 1, k - 1);
+    w += k - 1;
+  }
+  *w++ = 'e';
+  *w++ = n - 1 >= 0 ? '+' : '-';
+  return std::to_chars(w, w + 4, std::abs(n - 1)).ptr;
+}
+
+void AppendNumber(double d, std::string* out) {
+  char buf[kMaxNumberLength];
+  out->append(buf, WriteNumber(d, buf) - buf);
 }
 
 inline bool IsDigit(char c) { return c >= '0' && c <= '9'; }
@@ -284,139 +308,222 @@ struct Frame {
   size_t arena_mark;   // Key arena size when the object was opened.
 };
 
+// Entry sorted when an object's members are out of order.
+struct SortEntry {
+  const char* key;
+  size_t key_len;
+  size_t member;  // Index into `members_`.
+};
+
+// True for bytes a string scan can copy without looking: printable ASCII other than '"', '\'.
+inline bool IsPlainStringByte(unsigned char c) {
+  return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+// True if any of the 8 bytes in `x` is not IsPlainStringByte. Exact for "any" (the usual
+// zero-byte tricks only give false positives above a true hit).
+inline bool HasNonPlainByte(uint64_t x) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHighs = 0x8080808080808080ULL;
+  const uint64_t below_space = (x - kOnes * 0x20) & ~x;
+  const uint64_t quote = x ^ (kOnes * '"');
+  const uint64_t backslash = x ^ (kOnes * '\\');
+  const uint64_t has_quote = (quote - kOnes) & ~quote;
+  const uint64_t has_backslash = (backslash - kOnes) & ~backslash;
+  return ((below_space | has_quote | has_backslash | x) & kHighs) != 0;
+}
+
+// Input and output positions, passed and returned by value so that they stay in registers (writes
+// through a char* would otherwise force reloading them from memory after every output byte).
+struct Cursor {
+  const char* p;  // Next input byte; nullptr after a failure.
+  char* w;        // Next output byte.
+};
+
+inline const char* SkipWhitespace(const char* p, const char* end) {
+  while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  return p;
+}
+
 // Single-pass, iterative JSON parser that writes canonical output as it goes. Scalars are
 // written directly; when an object closes, its members are checked for duplicates and, if not
 // already in order, their output byte ranges are permuted into RFC 8785 order in place.
+//
+// Output goes through a raw cursor into `out_`, which is kept sized to its allocation. Every
+// token except a number produces at most as many bytes as it consumes, so the invariant
+// "room left >= input left" (established up front, re-checked before each number and each
+// reordering) guarantees that no other write needs a bounds check.
 class Parser {
  public:
   Parser(std::string_view input, int max_depth, std::string* out)
       : begin_(input.data()),
-        p_(input.data()),
         end_(input.data() + input.size()),
         max_depth_(max_depth),
         out_(out) {}
 
-  absl::Status Run();
+  // On success `*out` holds the canonical bytes; otherwise returns false and sets error().
+  bool Run();
+  const absl::Status& error() const { return error_; }
 
  private:
   enum class State { kValue, kAfterValue, kKey };
 
   size_t Offset(const char* p) const { return static_cast<size_t>(p - begin_); }
 
-  absl::Status Error(const char* what, const char* at) const {
-    return absl::InvalidArgumentError(absl::StrCat("jcs: ", what, " at byte ", Offset(at)));
+  Cursor Fail(const char* what, const char* at) {
+    error_ = absl::InvalidArgumentError(absl::StrCat("jcs: ", what, " at byte ", Offset(at)));
+    return Cursor{nullptr, nullptr};
   }
 
-  void SkipWhitespace() {
-    const char* p = p_;
-    while (p < end_ && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
-    p_ = p;
+  // Makes sure the output has room for `extra` bytes plus the input after `p`; returns `w`,
+  // relocated if the buffer moved.
+  char* Reserve(const char* p, char* w, size_t extra) {
+    const size_t need = static_cast<size_t>(end_ - p) + extra;
+    if (static_cast<size_t>(out_end_ - w) >= need) return w;
+    const size_t used = static_cast<size_t>(w - out_begin_);
+    out_->resize(std::max(2 * out_->size(), used + need));
+    out_begin_ = out_->data();
+    out_end_ = out_begin_ + out_->size();
+    return out_begin_ + used;
   }
 
-  std::string_view KeyOf(const Member& m) const {
-    return std::string_view((m.key_in_arena ? arena_.data() : begin_) + m.key_begin, m.key_len);
+  const char* KeyData(const Member& m) const {
+    return (m.key_in_arena ? arena_.data() : begin_) + m.key_begin;
   }
 
-  absl::Status ParseString(Member* key);
-  bool ParseHex4(uint32_t* cp);
-  absl::Status ParseNumber();
-  absl::Status ParseLiteral();
-  absl::Status FinishObject(const Frame& frame);
+  Cursor ParseString(const char* p, char* w, Member* key);
+  bool ParseHex4(const char* p, uint32_t* cp) const;
+  Cursor ParseNumber(const char* p, char* w);
+  Cursor FinishObject(const Frame& frame, const char* p, char* w);
 
   const char* const begin_;
-  const char* p_;
   const char* const end_;
   const int max_depth_;
   std::string* const out_;
+  char* out_begin_ = nullptr;  // Output allocation.
+  char* out_end_ = nullptr;
   absl::InlinedVector<Frame, 16> frames_;
-  absl::InlinedVector<Member, 32> members_;
+  absl::InlinedVector<Member, 16> members_;
   std::string arena_;
+  absl::Status error_;
 };
 
-absl::Status Parser::Run() {
+bool Parser::Run() {
+  out_->resize(2 * static_cast<size_t>(end_ - begin_) + 64);
+  out_begin_ = out_->data();
+  out_end_ = out_begin_ + out_->size();
+  const char* p = begin_;
+  const char* const end = end_;
+  char* w = out_begin_;
   State state = State::kValue;
   while (true) {
     switch (state) {
       case State::kValue: {
-        SkipWhitespace();
-        if (p_ == end_) return Error("unexpected end of input", p_);
-        const char c = *p_;
-        if (c == '{' || c == '[') {
+        p = SkipWhitespace(p, end);
+        if (p == end) return Fail("unexpected end of input", p).p;
+        const char c = *p;
+        if (c == '"') {
+          const Cursor next = ParseString(p, w, nullptr);
+          if (next.p == nullptr) return false;
+          p = next.p;
+          w = next.w;
+        } else if (c == '-' || IsDigit(c)) {
+          const Cursor next = ParseNumber(p, w);
+          if (next.p == nullptr) return false;
+          p = next.p;
+          w = next.w;
+        } else if (c == '{' || c == '[') {
           if (static_cast<int64_t>(frames_.size()) >= max_depth_) {
-            return Error("nesting deeper than max_depth", p_);
+            return Fail("nesting deeper than max_depth", p).p;
           }
           const bool is_object = c == '{';
-          ++p_;
-          out_->push_back(c);
+          ++p;
+          *w++ = c;
           frames_.push_back(Frame{is_object, members_.size(), arena_.size()});
-          SkipWhitespace();
+          p = SkipWhitespace(p, end);
           const char close = is_object ? '}' : ']';
-          if (p_ < end_ && *p_ == close) {
-            ++p_;
-            out_->push_back(close);
+          if (p < end && *p == close) {
+            ++p;
+            *w++ = close;
             frames_.pop_back();
-            state = State::kAfterValue;
           } else {
             state = is_object ? State::kKey : State::kValue;
+            break;
           }
-          break;
-        }
-        absl::Status status;
-        if (c == '"') {
-          status = ParseString(nullptr);
-        } else if (c == '-' || IsDigit(c)) {
-          status = ParseNumber();
         } else {
-          status = ParseLiteral();
+          const char* literal;
+          size_t len;
+          if (c == 't') {
+            literal = "true";
+            len = 4;
+          } else if (c == 'f') {
+            literal = "false";
+            len = 5;
+          } else if (c == 'n') {
+            literal = "null";
+            len = 4;
+          } else {
+            return Fail("unexpected character", p).p;
+          }
+          if (static_cast<size_t>(end - p) < len || std::memcmp(p, literal, len) != 0) {
+            return Fail("unexpected character", p).p;
+          }
+          std::memcpy(w, literal, len);
+          w += len;
+          p += len;
         }
-        if (!status.ok()) return status;
         state = State::kAfterValue;
         break;
       }
       case State::kAfterValue: {
         if (frames_.empty()) {
-          SkipWhitespace();
-          if (p_ != end_) return Error("unexpected data after JSON value", p_);
-          return absl::OkStatus();
+          p = SkipWhitespace(p, end);
+          if (p != end) return Fail("unexpected data after JSON value", p).p;
+          out_->resize(static_cast<size_t>(w - out_begin_));
+          return true;
         }
         const Frame& frame = frames_.back();
-        if (frame.is_object) members_.back().out_end = out_->size();
-        SkipWhitespace();
-        if (p_ == end_) return Error("unexpected end of input", p_);
-        const char c = *p_;
+        if (frame.is_object) members_.back().out_end = static_cast<size_t>(w - out_begin_);
+        p = SkipWhitespace(p, end);
+        if (p == end) return Fail("unexpected end of input", p).p;
+        const char c = *p;
         if (c == ',') {
-          ++p_;
-          out_->push_back(',');
+          ++p;
+          *w++ = ',';
           state = frame.is_object ? State::kKey : State::kValue;
         } else if (frame.is_object && c == '}') {
-          if (absl::Status s = FinishObject(frame); !s.ok()) return s;
-          ++p_;
-          out_->push_back('}');
+          const Cursor next = FinishObject(frame, p, w);
+          if (next.p == nullptr) return false;
+          w = next.w;
+          ++p;
+          *w++ = '}';
           members_.resize(frame.member_base);
           arena_.resize(frame.arena_mark);
           frames_.pop_back();
         } else if (!frame.is_object && c == ']') {
-          ++p_;
-          out_->push_back(']');
+          ++p;
+          *w++ = ']';
           frames_.pop_back();
         } else {
-          return Error(frame.is_object ? "expected ',' or '}'" : "expected ',' or ']'", p_);
+          return Fail(frame.is_object ? "expected ',' or '}'" : "expected ',' or ']'", p).p;
         }
         break;
       }
       case State::kKey: {
-        SkipWhitespace();
-        if (p_ == end_) return Error("unexpected end of input", p_);
-        if (*p_ != '"') return Error("expected string key", p_);
+        p = SkipWhitespace(p, end);
+        if (p == end) return Fail("unexpected end of input", p).p;
+        if (*p != '"') return Fail("expected string key", p).p;
         Member& m = members_.emplace_back();
-        m.src_offset = Offset(p_);
-        m.out_begin = out_->size();
-        if (absl::Status s = ParseString(&m); !s.ok()) return s;
-        SkipWhitespace();
-        if (p_ == end_) return Error("unexpected end of input", p_);
-        if (*p_ != ':') return Error("expected ':'", p_);
-        ++p_;
-        out_->push_back(':');
+        m.src_offset = Offset(p);
+        m.out_begin = static_cast<size_t>(w - out_begin_);
+        const Cursor next = ParseString(p, w, &m);
+        if (next.p == nullptr) return false;
+        p = SkipWhitespace(next.p, end);
+        w = next.w;
+        if (p == end) return Fail("unexpected end of input", p).p;
+        if (*p != ':') return Fail("expected ':'", p).p;
+        ++p;
+        *w++ = ':';
         state = State::kValue;
         break;
       }
@@ -424,11 +531,11 @@ absl::Status Parser::Run() {
   }
 }
 
-bool Parser::ParseHex4(uint32_t* cp) {
-  if (end_ - p_ < 4) return false;
+bool Parser::ParseHex4(const char* p, uint32_t* cp) const {
+  if (end_ - p < 4) return false;
   uint32_t v = 0;
   for (int i = 0; i < 4; ++i) {
-    const char c = p_[i];
+    const char c = p[i];
     uint32_t digit;
     if (c >= '0' && c <= '9') {
       digit = c - '0';
@@ -441,47 +548,48 @@ bool Parser::ParseHex4(uint32_t* cp) {
     }
     v = (v << 4) | digit;
   }
-  p_ += 4;
   *cp = v;
   return true;
 }
 
-// Parses the string literal at p_ (which is '"') and writes its canonical form. If `key` is not
-// null, records where the decoded key can be found.
-absl::Status Parser::ParseString(Member* key) {
-  const char* const quote = p_;
-  const char* const start = ++p_;
-  const char* run = start;  // Start of the raw bytes not yet copied to the output.
+// Parses the string literal at `p` (which is '"') and writes its canonical form at `w`. If `key`
+// is not null, records where the decoded key can be found. Writes at most as many bytes as it
+// reads.
+Cursor Parser::ParseString(const char* p, char* w, Member* key) {
+  const char* const end = end_;
+  const char* const quote = p;
+  const char* const start = p + 1;
+  p = start;
+  const char* run = start;  // Start of the input bytes not yet copied to the output.
   bool in_arena = false;    // The decoded key is being built in `arena_`.
   const size_t arena_begin = arena_.size();
-  out_->push_back('"');
+  *w++ = '"';
   while (true) {
-    {
-      // Hot loop on locals: stores to the output would otherwise force reloads of p_/end_.
-      const auto* p = reinterpret_cast<const unsigned char*>(p_);
-      const auto* const end = reinterpret_cast<const unsigned char*>(end_);
-      while (p < end) {
-        const unsigned char c = *p;
-        if (c >= 0x80) {
-          const int len = Utf8SequenceLength(p, end);
-          if (len == 0) return Error("invalid UTF-8", reinterpret_cast<const char*>(p));
-          p += len;
-        } else if (NeedsEscape(c)) {
-          break;
-        } else {
-          ++p;
-        }
+    // Skip plain bytes, 8 at a time while possible, and well-formed UTF-8 sequences.
+    unsigned char c;
+    while (true) {
+      while (end - p >= 8) {
+        uint64_t x;
+        std::memcpy(&x, p, sizeof(x));
+        if (HasNonPlainByte(x)) break;
+        p += 8;
       }
-      p_ = reinterpret_cast<const char*>(p);
+      while (p < end && IsPlainStringByte(static_cast<unsigned char>(*p))) ++p;
+      if (p == end) return Fail("unterminated string", quote);
+      c = static_cast<unsigned char>(*p);
+      if (c < 0x80) break;
+      const int len = Utf8SequenceLength(reinterpret_cast<const unsigned char*>(p),
+                                         reinterpret_cast<const unsigned char*>(end));
+      if (len == 0) return Fail("invalid UTF-8", p);
+      p += len;
     }
-    if (p_ == end_) return Error("unterminated string", quote);
-    const char c = *p_;
-    if (static_cast<unsigned char>(c) < 0x20) return Error("unescaped control character", p_);
-    out_->append(run, p_ - run);
-    if (in_arena) arena_.append(run, p_ - run);
+    if (c < 0x20) return Fail("unescaped control character", p);
+    const size_t run_len = static_cast<size_t>(p - run);
+    std::memcpy(w, run, run_len);
+    w += run_len;
+    if (in_arena) arena_.append(run, run_len);
     if (c == '"') {
-      ++p_;
-      out_->push_back('"');
+      *w++ = '"';
       if (key != nullptr) {
         key->key_in_arena = in_arena;
         if (in_arena) {
@@ -489,21 +597,21 @@ absl::Status Parser::ParseString(Member* key) {
           key->key_len = arena_.size() - arena_begin;
         } else {
           key->key_begin = Offset(start);
-          key->key_len = static_cast<size_t>(p_ - 1 - start);
+          key->key_len = static_cast<size_t>(p - start);
         }
       }
-      return absl::OkStatus();
+      return Cursor{p + 1, w};
     }
     // Backslash escape.
     if (key != nullptr && !in_arena) {
       in_arena = true;
-      arena_.append(start, p_ - start);
+      arena_.append(start, p - start);
     }
-    const char* const escape = p_;
-    ++p_;
-    if (p_ == end_) return Error("unterminated string", quote);
+    const char* const escape = p;
+    ++p;
+    if (p == end) return Fail("unterminated string", quote);
     uint32_t cp;
-    switch (*p_++) {
+    switch (*p++) {
       case '"':
         cp = '"';
         break;
@@ -529,130 +637,133 @@ absl::Status Parser::ParseString(Member* key) {
         cp = '\t';
         break;
       case 'u': {
-        if (!ParseHex4(&cp)) return Error("invalid \\u escape", escape);
-        if (cp >= 0xDC00 && cp <= 0xDFFF) return Error("lone surrogate escape", escape);
+        if (!ParseHex4(p, &cp)) return Fail("invalid \\u escape", escape);
+        p += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return Fail("lone surrogate escape", escape);
         if (cp >= 0xD800 && cp <= 0xDBFF) {
           uint32_t low;
-          if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u') {
-            return Error("lone surrogate escape", escape);
+          if (end - p < 2 || p[0] != '\\' || p[1] != 'u') {
+            return Fail("lone surrogate escape", escape);
           }
-          p_ += 2;
-          if (!ParseHex4(&low)) return Error("invalid \\u escape", p_ - 2);
-          if (low < 0xDC00 || low > 0xDFFF) return Error("lone surrogate escape", escape);
+          if (!ParseHex4(p + 2, &low)) return Fail("invalid \\u escape", p);
+          if (low < 0xDC00 || low > 0xDFFF) return Fail("lone surrogate escape", escape);
+          p += 6;
           cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
         }
         break;
       }
       default:
-        return Error("invalid escape", escape);
+        return Fail("invalid escape", escape);
     }
+    // The escape consumed 2, 6 or 12 bytes; its canonical form takes at most as many.
     if (cp < 0x80 && NeedsEscape(static_cast<unsigned char>(cp))) {
-      AppendEscape(static_cast<unsigned char>(cp), out_);
+      w += WriteEscape(static_cast<unsigned char>(cp), w);
     } else {
-      AppendUtf8(cp, out_);
+      w += WriteUtf8(cp, w);
     }
     if (in_arena) AppendUtf8(cp, &arena_);
-    run = p_;
+    run = p;
   }
 }
 
-absl::Status Parser::ParseNumber() {
-  const char* const start = p_;
-  const bool negative = *p_ == '-';
-  if (negative) ++p_;
-  if (p_ == end_ || !IsDigit(*p_)) return Error("invalid number", start);
-  if (*p_ == '0') {
-    ++p_;
+Cursor Parser::ParseNumber(const char* p, char* w) {
+  const char* const end = end_;
+  const char* const start = p;
+  const bool negative = *p == '-';
+  if (negative) ++p;
+  if (p == end || !IsDigit(*p)) return Fail("invalid number", start);
+  if (*p == '0') {
+    ++p;
   } else {
-    while (p_ < end_ && IsDigit(*p_)) ++p_;
+    while (p < end && IsDigit(*p)) ++p;
   }
-  const size_t int_digits = static_cast<size_t>(p_ - start) - (negative ? 1 : 0);
+  const size_t int_digits = static_cast<size_t>(p - start) - (negative ? 1 : 0);
   bool plain_integer = true;
-  if (p_ < end_ && *p_ == '.') {
+  if (p < end && *p == '.') {
     plain_integer = false;
-    ++p_;
-    if (p_ == end_ || !IsDigit(*p_)) return Error("invalid number", start);
-    while (p_ < end_ && IsDigit(*p_)) ++p_;
+    ++p;
+    if (p == end || !IsDigit(*p)) return Fail("invalid number", start);
+    while (p < end && IsDigit(*p)) ++p;
   }
-  if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+  if (p < end && (*p == 'e' || *p == 'E')) {
     plain_integer = false;
-    ++p_;
-    if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
-    if (p_ == end_ || !IsDigit(*p_)) return Error("invalid number", start);
-    while (p_ < end_ && IsDigit(*p_)) ++p_;
+    ++p;
+    if (p < end && (*p == '+' || *p == '-')) ++p;
+    if (p == end || !IsDigit(*p)) return Fail("invalid number", start);
+    while (p < end && IsDigit(*p)) ++p;
   }
   // Fast path: integers of up to 15 digits are exact doubles and already canonical (the grammar
   // excludes leading zeros), except for -0.
   if (plain_integer && int_digits <= 15) {
     if (int_digits == 1 && start[negative ? 1 : 0] == '0') {
-      out_->push_back('0');
+      *w++ = '0';
     } else {
-      out_->append(start, p_ - start);
+      const size_t len = static_cast<size_t>(p - start);
+      std::memcpy(w, start, len);
+      w += len;
     }
-    return absl::OkStatus();
+    return Cursor{p, w};
   }
   double d = 0;
-  const auto r = std::from_chars(start, p_, d);
+  const auto r = std::from_chars(start, p, d);
   if (r.ec == std::errc::result_out_of_range) {
-    if (OutOfRangeIsOverflow(start, p_)) return Error("number out of double range", start);
+    if (OutOfRangeIsOverflow(start, p)) return Fail("number out of double range", start);
     d = 0;  // Underflow: JavaScript reads it as (-)0.
-  } else if (r.ec != std::errc() || r.ptr != p_ || !std::isfinite(d)) {
-    return Error("number out of double range", start);
+  } else if (r.ec != std::errc() || r.ptr != p || !std::isfinite(d)) {
+    return Fail("number out of double range", start);
   }
-  AppendNumber(d, out_);
-  return absl::OkStatus();
+  w = Reserve(p, w, kMaxNumberLength);
+  return Cursor{p, WriteNumber(d, w)};
 }
 
-absl::Status Parser::ParseLiteral() {
-  const std::string_view rest(p_, static_cast<size_t>(end_ - p_));
-  for (std::string_view literal : {std::string_view("true"), std::string_view("false"),
-                                   std::string_view("null")}) {
-    if (rest.substr(0, literal.size()) == literal) {
-      out_->append(literal.data(), literal.size());
-      p_ += literal.size();
-      return absl::OkStatus();
-    }
-  }
-  return Error("unexpected character", p_);
-}
-
-absl::Status Parser::FinishObject(const Frame& frame) {
-  const auto first = members_.begin() + frame.member_base;
-  const auto last = members_.end();
+// Called at the '}' at `p` with the output cursor `w` after the last member. Returns `w`,
+// relocated if the output buffer moved, or p == nullptr on a duplicate key.
+Cursor Parser::FinishObject(const Frame& frame, const char* p, char* w) {
+  const size_t base = frame.member_base;
+  const size_t count = members_.size() - base;
   bool sorted = true;
-  for (auto it = first + 1; it < last; ++it) {
-    const int c = CompareUtf16Order(KeyOf(it[-1]), KeyOf(*it));
-    if (c == 0) return Error("duplicate object key", begin_ + it->src_offset);
+  for (size_t i = base + 1; i < members_.size(); ++i) {
+    const Member& a = members_[i - 1];
+    const Member& b = members_[i];
+    const int c = CompareUtf16Order(std::string_view(KeyData(a), a.key_len),
+                                    std::string_view(KeyData(b), b.key_len));
+    if (c == 0) return Fail("duplicate object key", begin_ + b.src_offset);
     if (c > 0) sorted = false;
   }
-  if (sorted) return absl::OkStatus();
+  if (sorted) return Cursor{p, w};
 
-  const size_t region_begin = first->out_begin;
-  const size_t region_end = (last - 1)->out_end;
-  std::sort(first, last, [this](const Member& a, const Member& b) {
-    return CompareUtf16Order(KeyOf(a), KeyOf(b)) < 0;
+  absl::InlinedVector<SortEntry, 16> entries(count);
+  for (size_t i = 0; i < count; ++i) {
+    const Member& m = members_[base + i];
+    entries[i] = SortEntry{KeyData(m), m.key_len, base + i};
+  }
+  std::sort(entries.begin(), entries.end(), [](const SortEntry& a, const SortEntry& b) {
+    return CompareUtf16Order(std::string_view(a.key, a.key_len),
+                             std::string_view(b.key, b.key_len)) < 0;
   });
-  for (auto it = first + 1; it < last; ++it) {
-    if (CompareUtf16Order(KeyOf(it[-1]), KeyOf(*it)) == 0) {
-      return Error("duplicate object key",
-                   begin_ + std::max(it[-1].src_offset, it->src_offset));
+  for (size_t i = 1; i < count; ++i) {
+    if (CompareUtf16Order(std::string_view(entries[i - 1].key, entries[i - 1].key_len),
+                          std::string_view(entries[i].key, entries[i].key_len)) == 0) {
+      const size_t offset = std::max(members_[entries[i - 1].member].src_offset,
+                                     members_[entries[i].member].src_offset);
+      return Fail("duplicate object key", begin_ + offset);
     }
   }
-  // Copy the members' bytes past the end of the output, then write them back in order.
-  const size_t len = region_end - region_begin;
-  const size_t scratch = out_->size();
-  out_->resize(scratch + len);
-  char* const data = out_->data();
-  std::memcpy(data + scratch, data + region_begin, len);
-  char* w = data + region_begin;
-  for (auto it = first; it < last; ++it) {
-    if (it != first) *w++ = ',';
-    const size_t n = it->out_end - it->out_begin;
-    std::memcpy(w, data + scratch + (it->out_begin - region_begin), n);
-    w += n;
+  // Copy the members' bytes past the output cursor, then write them back in order.
+  const size_t region_begin = members_[base].out_begin;
+  const size_t region_len = members_.back().out_end - region_begin;
+  w = Reserve(p, w, region_len);
+  char* const scratch = w;
+  std::memcpy(scratch, out_begin_ + region_begin, region_len);
+  char* dst = out_begin_ + region_begin;
+  for (size_t i = 0; i < count; ++i) {
+    const Member& m = members_[entries[i].member];
+    if (i != 0) *dst++ = ',';
+    const size_t n = m.out_end - m.out_begin;
+    std::memcpy(dst, scratch + (m.out_begin - region_begin), n);
+    dst += n;
   }
-  out_->resize(scratch);
-  return absl::OkStatus();
+  return Cursor{p, w};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -743,11 +854,8 @@ absl::StatusOr<std::string> CanonicalizeJson(std::string_view json_text, int max
   try {
 #endif
     std::string out;
-    // Room for the output (usually no longer than the input) plus the scratch copy that
-    // FinishObject appends when it reorders members, so that neither reallocates.
-    out.reserve(2 * json_text.size() + 32);
     Parser parser(json_text, max_depth, &out);
-    if (absl::Status s = parser.Run(); !s.ok()) return s;
+    if (!parser.Run()) return parser.error();
     return out;
 #if defined(__cpp_exceptions)
   } catch (const std::bad_alloc&) {
