@@ -1,6 +1,7 @@
 #include "daemon/common/crypto.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -27,8 +28,20 @@ std::string ToHex(const unsigned char* p, size_t n) {
 }  // namespace
 
 std::string Sha256Hex(std::string_view data) {
+  // OpenSSL 3's one-shot SHA256() fetches the algorithm (under a lock) on every call; a fetched
+  // EVP_MD and a per-thread context make hashing ~2x cheaper on the per-event path.
+  static EVP_MD* const md_sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  thread_local struct Ctx {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ~Ctx() { EVP_MD_CTX_free(ctx); }
+  } t;
   unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
+  unsigned int len = 0;
+  if (md_sha256 == nullptr || t.ctx == nullptr || EVP_DigestInit_ex2(t.ctx, md_sha256, nullptr) != 1 ||
+      EVP_DigestUpdate(t.ctx, data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(t.ctx, md, &len) != 1) {
+    std::abort();  // a broken libcrypto is a broken invariant
+  }
   return ToHex(md, sizeof(md));
 }
 
@@ -61,9 +74,14 @@ std::string NewUuid() {
   std::memcpy(b + 8, &lo, 8);
   b[6] = (b[6] & 0x0f) | 0x40;
   b[8] = (b[8] & 0x3f) | 0x80;
-  std::string hex = ToHex(b, 16);
-  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" +
-         hex.substr(16, 4) + "-" + hex.substr(20);
+  std::string out(36, '-');
+  size_t o = 0;
+  for (int i = 0; i < 16; ++i) {
+    if (o == 8 || o == 13 || o == 18 || o == 23) ++o;
+    out[o++] = kHex[b[i] >> 4];
+    out[o++] = kHex[b[i] & 0xf];
+  }
+  return out;
 }
 
 }  // namespace toolgate

@@ -154,7 +154,7 @@ bool AppendQuotedString(std::string_view s, std::string* out) {
 // surrogates D800..DFFF) and U+E000..U+FFFF (lead bytes EE, EF): the latter must sort after the
 // former. Because the strings share a prefix up to the first differing byte, that byte is either
 // a continuation byte in both or a lead byte in both, so remapping EE/EF above F4 suffices.
-int CompareUtf16Order(std::string_view a, std::string_view b) {
+inline int CompareUtf16Order(std::string_view a, std::string_view b) {
   const size_t n = std::min(a.size(), b.size());
   for (size_t i = 0; i < n; ++i) {
     unsigned char x = static_cast<unsigned char>(a[i]);
@@ -308,13 +308,6 @@ struct Frame {
   size_t arena_mark;   // Key arena size when the object was opened.
 };
 
-// Entry sorted when an object's members are out of order.
-struct SortEntry {
-  const char* key;
-  size_t key_len;
-  size_t member;  // Index into `members_`.
-};
-
 // True for bytes a string scan can copy without looking: printable ASCII other than '"', '\'.
 inline bool IsPlainStringByte(unsigned char c) {
   return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
@@ -332,6 +325,10 @@ inline bool HasNonPlainByte(uint64_t x) {
   const uint64_t has_backslash = (backslash - kOnes) & ~backslash;
   return ((below_space | has_quote | has_backslash | x) & kHighs) != 0;
 }
+
+// Spare output bytes always kept beyond what the remaining input can produce, so that short
+// copies may write a fixed 16 bytes.
+constexpr size_t kOutputSlack = 16;
 
 // Input and output positions, passed and returned by value so that they stay in registers (writes
 // through a char* would otherwise force reloading them from memory after every output byte).
@@ -351,8 +348,8 @@ inline const char* SkipWhitespace(const char* p, const char* end) {
 //
 // Output goes through a raw cursor into `out_`, which is kept sized to its allocation. Every
 // token except a number produces at most as many bytes as it consumes, so the invariant
-// "room left >= input left" (established up front, re-checked before each number and each
-// reordering) guarantees that no other write needs a bounds check.
+// "room left >= input left + kOutputSlack" (established up front, re-checked before each number
+// and each reordering) guarantees that no other write needs a bounds check.
 class Parser {
  public:
   Parser(std::string_view input, int max_depth, std::string* out)
@@ -370,25 +367,26 @@ class Parser {
 
   size_t Offset(const char* p) const { return static_cast<size_t>(p - begin_); }
 
+  // Records the error; the Cursor form is for the token parsers, the bool form for Run().
   Cursor Fail(const char* what, const char* at) {
     error_ = absl::InvalidArgumentError(absl::StrCat("jcs: ", what, " at byte ", Offset(at)));
     return Cursor{nullptr, nullptr};
+  }
+  bool Error(const char* what, const char* at) {
+    Fail(what, at);
+    return false;
   }
 
   // Makes sure the output has room for `extra` bytes plus the input after `p`; returns `w`,
   // relocated if the buffer moved.
   char* Reserve(const char* p, char* w, size_t extra) {
-    const size_t need = static_cast<size_t>(end_ - p) + extra;
+    const size_t need = static_cast<size_t>(end_ - p) + extra + kOutputSlack;
     if (static_cast<size_t>(out_end_ - w) >= need) return w;
     const size_t used = static_cast<size_t>(w - out_begin_);
     out_->resize(std::max(2 * out_->size(), used + need));
     out_begin_ = out_->data();
     out_end_ = out_begin_ + out_->size();
     return out_begin_ + used;
-  }
-
-  const char* KeyData(const Member& m) const {
-    return (m.key_in_arena ? arena_.data() : begin_) + m.key_begin;
   }
 
   Cursor ParseString(const char* p, char* w, Member* key);
@@ -409,7 +407,7 @@ class Parser {
 };
 
 bool Parser::Run() {
-  out_->resize(2 * static_cast<size_t>(end_ - begin_) + 64);
+  out_->resize(2 * static_cast<size_t>(end_ - begin_) + kOutputSlack + 48);
   out_begin_ = out_->data();
   out_end_ = out_begin_ + out_->size();
   const char* p = begin_;
@@ -420,7 +418,7 @@ bool Parser::Run() {
     switch (state) {
       case State::kValue: {
         p = SkipWhitespace(p, end);
-        if (p == end) return Fail("unexpected end of input", p).p;
+        if (p == end) return Error("unexpected end of input", p);
         const char c = *p;
         if (c == '"') {
           const Cursor next = ParseString(p, w, nullptr);
@@ -434,12 +432,15 @@ bool Parser::Run() {
           w = next.w;
         } else if (c == '{' || c == '[') {
           if (static_cast<int64_t>(frames_.size()) >= max_depth_) {
-            return Fail("nesting deeper than max_depth", p).p;
+            return Error("nesting deeper than max_depth", p);
           }
           const bool is_object = c == '{';
           ++p;
           *w++ = c;
-          frames_.push_back(Frame{is_object, members_.size(), arena_.size()});
+          Frame& frame = frames_.emplace_back();
+          frame.is_object = is_object;
+          frame.member_base = members_.size();
+          frame.arena_mark = arena_.size();
           p = SkipWhitespace(p, end);
           const char close = is_object ? '}' : ']';
           if (p < end && *p == close) {
@@ -463,10 +464,10 @@ bool Parser::Run() {
             literal = "null";
             len = 4;
           } else {
-            return Fail("unexpected character", p).p;
+            return Error("unexpected character", p);
           }
           if (static_cast<size_t>(end - p) < len || std::memcmp(p, literal, len) != 0) {
-            return Fail("unexpected character", p).p;
+            return Error("unexpected character", p);
           }
           std::memcpy(w, literal, len);
           w += len;
@@ -478,14 +479,14 @@ bool Parser::Run() {
       case State::kAfterValue: {
         if (frames_.empty()) {
           p = SkipWhitespace(p, end);
-          if (p != end) return Fail("unexpected data after JSON value", p).p;
+          if (p != end) return Error("unexpected data after JSON value", p);
           out_->resize(static_cast<size_t>(w - out_begin_));
           return true;
         }
         const Frame& frame = frames_.back();
         if (frame.is_object) members_.back().out_end = static_cast<size_t>(w - out_begin_);
         p = SkipWhitespace(p, end);
-        if (p == end) return Fail("unexpected end of input", p).p;
+        if (p == end) return Error("unexpected end of input", p);
         const char c = *p;
         if (c == ',') {
           ++p;
@@ -505,14 +506,14 @@ bool Parser::Run() {
           *w++ = ']';
           frames_.pop_back();
         } else {
-          return Fail(frame.is_object ? "expected ',' or '}'" : "expected ',' or ']'", p).p;
+          return Error(frame.is_object ? "expected ',' or '}'" : "expected ',' or ']'", p);
         }
         break;
       }
       case State::kKey: {
         p = SkipWhitespace(p, end);
-        if (p == end) return Fail("unexpected end of input", p).p;
-        if (*p != '"') return Fail("expected string key", p).p;
+        if (p == end) return Error("unexpected end of input", p);
+        if (*p != '"') return Error("expected string key", p);
         Member& m = members_.emplace_back();
         m.src_offset = Offset(p);
         m.out_begin = static_cast<size_t>(w - out_begin_);
@@ -520,8 +521,8 @@ bool Parser::Run() {
         if (next.p == nullptr) return false;
         p = SkipWhitespace(next.p, end);
         w = next.w;
-        if (p == end) return Fail("unexpected end of input", p).p;
-        if (*p != ':') return Fail("expected ':'", p).p;
+        if (p == end) return Error("unexpected end of input", p);
+        if (*p != ':') return Error("expected ':'", p);
         ++p;
         *w++ = ':';
         state = State::kValue;
@@ -585,7 +586,13 @@ Cursor Parser::ParseString(const char* p, char* w, Member* key) {
     }
     if (c < 0x20) return Fail("unescaped control character", p);
     const size_t run_len = static_cast<size_t>(p - run);
-    std::memcpy(w, run, run_len);
+    if (run_len <= 16 && end - run >= 16) {
+      // Fixed-size copy of short runs (no library call). The output always has at least
+      // kOutputSlack spare bytes beyond what the rest of the input can produce.
+      std::memcpy(w, run, 16);
+    } else {
+      std::memcpy(w, run, run_len);
+    }
     w += run_len;
     if (in_arena) arena_.append(run, run_len);
     if (c == '"') {
@@ -719,45 +726,57 @@ Cursor Parser::ParseNumber(const char* p, char* w) {
 // Called at the '}' at `p` with the output cursor `w` after the last member. Returns `w`,
 // relocated if the output buffer moved, or p == nullptr on a duplicate key.
 Cursor Parser::FinishObject(const Frame& frame, const char* p, char* w) {
-  const size_t base = frame.member_base;
-  const size_t count = members_.size() - base;
+  const size_t count = members_.size() - frame.member_base;
+  // Raw pointers: the (hardened) container accessors are measurably slower here.
+  const Member* const members = members_.data() + frame.member_base;
+  const char* const arena = arena_.data();
+  const auto key = [members, arena, this](size_t i) {
+    const Member& m = members[i];
+    return std::string_view((m.key_in_arena ? arena : begin_) + m.key_begin, m.key_len);
+  };
   bool sorted = true;
-  for (size_t i = base + 1; i < members_.size(); ++i) {
-    const Member& a = members_[i - 1];
-    const Member& b = members_[i];
-    const int c = CompareUtf16Order(std::string_view(KeyData(a), a.key_len),
-                                    std::string_view(KeyData(b), b.key_len));
-    if (c == 0) return Fail("duplicate object key", begin_ + b.src_offset);
+  for (size_t i = 1; i < count; ++i) {
+    const int c = CompareUtf16Order(key(i - 1), key(i));
+    if (c == 0) return Fail("duplicate object key", begin_ + members[i].src_offset);
     if (c > 0) sorted = false;
   }
   if (sorted) return Cursor{p, w};
 
-  absl::InlinedVector<SortEntry, 16> entries(count);
-  for (size_t i = 0; i < count; ++i) {
-    const Member& m = members_[base + i];
-    entries[i] = SortEntry{KeyData(m), m.key_len, base + i};
+  // Sort member indices by key.
+  absl::InlinedVector<size_t, 16> order_storage(count);
+  size_t* const order = order_storage.data();
+  for (size_t i = 0; i < count; ++i) order[i] = i;
+  if (count <= 16) {
+    // Insertion sort: typical objects are small.
+    for (size_t i = 1; i < count; ++i) {
+      const size_t e = order[i];
+      const std::string_view e_key = key(e);
+      size_t j = i;
+      for (; j > 0 && CompareUtf16Order(e_key, key(order[j - 1])) < 0; --j) {
+        order[j] = order[j - 1];
+      }
+      order[j] = e;
+    }
+  } else {
+    std::sort(order, order + count,
+              [&key](size_t a, size_t b) { return CompareUtf16Order(key(a), key(b)) < 0; });
   }
-  std::sort(entries.begin(), entries.end(), [](const SortEntry& a, const SortEntry& b) {
-    return CompareUtf16Order(std::string_view(a.key, a.key_len),
-                             std::string_view(b.key, b.key_len)) < 0;
-  });
   for (size_t i = 1; i < count; ++i) {
-    if (CompareUtf16Order(std::string_view(entries[i - 1].key, entries[i - 1].key_len),
-                          std::string_view(entries[i].key, entries[i].key_len)) == 0) {
-      const size_t offset = std::max(members_[entries[i - 1].member].src_offset,
-                                     members_[entries[i].member].src_offset);
+    if (CompareUtf16Order(key(order[i - 1]), key(order[i])) == 0) {
+      const size_t offset =
+          std::max(members[order[i - 1]].src_offset, members[order[i]].src_offset);
       return Fail("duplicate object key", begin_ + offset);
     }
   }
   // Copy the members' bytes past the output cursor, then write them back in order.
-  const size_t region_begin = members_[base].out_begin;
-  const size_t region_len = members_.back().out_end - region_begin;
+  const size_t region_begin = members[0].out_begin;
+  const size_t region_len = members[count - 1].out_end - region_begin;
   w = Reserve(p, w, region_len);
   char* const scratch = w;
   std::memcpy(scratch, out_begin_ + region_begin, region_len);
   char* dst = out_begin_ + region_begin;
   for (size_t i = 0; i < count; ++i) {
-    const Member& m = members_[entries[i].member];
+    const Member& m = members[order[i]];
     if (i != 0) *dst++ = ',';
     const size_t n = m.out_end - m.out_begin;
     std::memcpy(dst, scratch + (m.out_begin - region_begin), n);

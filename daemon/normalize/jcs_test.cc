@@ -417,6 +417,60 @@ TEST(JcsTest, ManyMembersAreSorted) {
   EXPECT_EQ(got->substr(0, 20), R"({"k0":0,"k1":1,"k10")");
 }
 
+// The string scanner works 8 bytes at a time; put each kind of special byte at every offset.
+TEST(JcsTest, SpecialBytesAtEveryOffsetInString) {
+  for (int k = 0; k < 24; ++k) {
+    const std::string pad(k, 'a');
+    const std::string tail(24 - k, 'b');
+    SCOPED_TRACE(k);
+    absl::StatusOr<std::string> got = CanonicalizeJson("\"" + pad + "\x01" + tail + "\"");
+    ASSERT_FALSE(got.ok());
+    EXPECT_THAT(std::string(got.status().message()),
+                HasSubstr("unescaped control character at byte " + std::to_string(k + 1)));
+    got = CanonicalizeJson("\"" + pad + "\xFF" + tail + "\"");
+    ASSERT_FALSE(got.ok());
+    EXPECT_THAT(std::string(got.status().message()),
+                HasSubstr("invalid UTF-8 at byte " + std::to_string(k + 1)));
+    got = CanonicalizeJson("\"" + pad + "\\\"\\u0041\\/" + tail + "\"");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, "\"" + pad + "\\\"A/" + tail + "\"");
+    got = CanonicalizeJson("\"" + pad + "\xC3\xA9\x7F~ " + tail + "\"");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, "\"" + pad + "\xC3\xA9\x7F~ " + tail + "\"");
+    got = CanonicalizeJson("\"" + pad);  // Unterminated right after the run.
+    ASSERT_FALSE(got.ok());
+    EXPECT_THAT(std::string(got.status().message()), HasSubstr("unterminated string at byte 0"));
+  }
+}
+
+TEST(JcsTest, LongEscapedKeysSortAndDetectDuplicates) {
+  const std::string long_a = "\\u0061" + std::string(40, 'x');  // "a" + 40 x, escaped.
+  absl::StatusOr<std::string> got =
+      CanonicalizeJson("{\"b\":{\"" + long_a + "\":1,\"\\n\":2},\"" + long_a + "\":3}");
+  ASSERT_TRUE(got.ok()) << got.status();
+  const std::string plain_a = "a" + std::string(40, 'x');
+  EXPECT_EQ(*got, "{\"" + plain_a + "\":3,\"b\":{\"\\n\":2,\"" + plain_a + "\":1}}");
+  got = CanonicalizeJson("{\"" + plain_a + "\":1,\"z\":0,\"" + long_a + "\":2}");
+  ASSERT_FALSE(got.ok());
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("duplicate object key"));
+}
+
+// Numbers such as 1e20 expand (4 -> 21 bytes), which forces the output buffer to grow, also
+// while an object is being reordered.
+TEST(JcsTest, OutputLargerThanInput) {
+  std::string array = "[";
+  for (int i = 0; i < 300; ++i) array += "1e20,";
+  array += "-1e-7]";
+  const std::string input = "{\"z\":" + array + ",\"a\":" + array + ",\"m\":{\"y\":" + array +
+                            ",\"x\":1e20}}";
+  absl::StatusOr<std::string> got = CanonicalizeJson(input);
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::string expected;
+  ASSERT_TRUE(AppendCanonical(nlohmann::json::parse(input), &expected).ok());
+  EXPECT_EQ(*got, expected);
+  EXPECT_GT(got->size(), 4 * input.size());
+}
+
 TEST(JcsTest, OrderAndWhitespaceDoNotChangeCanonicalForm) {
   absl::StatusOr<std::string> a = CanonicalizeJson(R"({"b":[1,2.0,3e0],"a":{"y":"\u00e9","x":null}})");
   absl::StatusOr<std::string> b =

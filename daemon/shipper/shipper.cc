@@ -3,6 +3,8 @@
 #include <curl/curl.h>
 #include <zlib.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -129,6 +131,7 @@ class Shipper::Loop {
   }
 
   void Run() {
+    pthread_setname_np(pthread_self(), "tg-shipper");
     for (;;) {
       bool stopping;
       SteadyTime deadline;
@@ -315,7 +318,7 @@ class Shipper::Loop {
     const ShipAction action = Classify(code == CURLE_OK ? status : 0, code != CURLE_OK);
     switch (action) {
       case ShipAction::kOk: {
-        std::vector<uint64_t> acked;
+        std::vector<spool::EventRef> acked;
         std::vector<spool::DeadLetterInfo> dead;
         if (up_.ingest_format == "array") {
           // 2xx with per-item rejects: those events are dead-lettered alone.
@@ -332,14 +335,14 @@ class Shipper::Loop {
               rejected[i] = true;
               std::string c, m;
               ParseError(status, item.dump(), &c, &m);
-              dead.push_back({r->events[i].seq, StatusForCode(c), c, m});
+              dead.push_back({r->events[i].ref(), r->events[i].body, StatusForCode(c), c, m});
             }
           }
           for (size_t i = 0; i < r->events.size(); ++i) {
-            if (!rejected[i]) acked.push_back(r->events[i].seq);
+            if (!rejected[i]) acked.push_back(r->events[i].ref());
           }
         } else {
-          for (const auto& e : r->events) acked.push_back(e.seq);
+          for (const auto& e : r->events) acked.push_back(e.ref());
         }
         failures_ = 0;
         {
@@ -399,7 +402,9 @@ class Shipper::Loop {
         std::string c, m;
         ParseError(status, r->response, &c, &m);
         std::vector<spool::DeadLetterInfo> dead;
-        for (const auto& e : r->events) dead.push_back({e.seq, static_cast<int>(status), c, m});
+        for (const auto& e : r->events) {
+          dead.push_back({e.ref(), e.body, static_cast<int>(status), c, m});
+        }
         {
           std::lock_guard<std::mutex> l(mu_);
           stats_.events_dead_lettered += dead.size();

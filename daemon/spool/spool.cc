@@ -1,8 +1,12 @@
 #include "daemon/spool/spool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <unordered_map>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
@@ -40,6 +44,36 @@ std::string Text(sqlite3_stmt* s, int col) {
            : std::string();
 }
 
+// A chunk's body: for each event, its length (4 bytes, little endian) then its bytes.
+void EncodeEvent(const std::string& body, std::string* out) {
+  const uint32_t n = static_cast<uint32_t>(body.size());
+  const char len[4] = {static_cast<char>(n), static_cast<char>(n >> 8), static_cast<char>(n >> 16),
+                       static_cast<char>(n >> 24)};
+  out->append(len, 4);
+  out->append(body);
+}
+
+// Splits a chunk into events; false when the blob is malformed.
+bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t count,
+                 std::vector<StoredEvent>* out) {
+  size_t pos = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (pos + 4 > size) return false;
+    const uint32_t n = p[pos] | (p[pos + 1] << 8) | (p[pos + 2] << 16) |
+                       (static_cast<uint32_t>(p[pos + 3]) << 24);
+    pos += 4;
+    if (pos + n > size) return false;
+    StoredEvent ev;
+    ev.seq = seq;
+    ev.index = i;
+    ev.chunk_events = count;
+    ev.body.assign(reinterpret_cast<const char*>(p + pos), n);
+    out->push_back(std::move(ev));
+    pos += n;
+  }
+  return pos == size;
+}
+
 std::string IdList(const std::vector<uint64_t>& ids) {
   std::string out;
   for (uint64_t id : ids) absl::StrAppend(&out, out.empty() ? "" : ",", id);
@@ -53,6 +87,7 @@ struct Spool::Op {
   std::vector<normalize::NormalizedEvent> events;
   uint64_t bytes = 0;
   AppendDone done;
+  std::vector<EventRef> refs;
   std::vector<uint64_t> seqs;
   std::vector<DeadLetterInfo> letters;
   std::function<void(uint64_t)> count_done;
@@ -70,25 +105,28 @@ absl::Status Reader::ReadAfter(uint64_t after, size_t max_events, size_t max_byt
                                std::vector<StoredEvent>* out) {
   if (read_after_ == nullptr &&
       sqlite3_prepare_v2(db_,
-                         "SELECT seq, session_id, event_id, body FROM events WHERE seq > ?1 "
-                         "ORDER BY seq LIMIT ?2",
+                         "SELECT seq, count, body FROM chunks WHERE seq > ?1 ORDER BY seq "
+                         "LIMIT ?2",
                          -1, &read_after_, nullptr) != SQLITE_OK) {
     return SqlError(db_, "prepare read");
   }
   sqlite3_reset(read_after_);
   sqlite3_bind_int64(read_after_, 1, static_cast<int64_t>(after));
   sqlite3_bind_int64(read_after_, 2, static_cast<int64_t>(max_events));
-  size_t bytes = 0;
+  size_t bytes = 0, events = 0;
   int rc;
   while ((rc = sqlite3_step(read_after_)) == SQLITE_ROW) {
-    StoredEvent ev;
-    ev.seq = static_cast<uint64_t>(sqlite3_column_int64(read_after_, 0));
-    ev.session_id = Text(read_after_, 1);
-    ev.event_id = Text(read_after_, 2);
-    ev.body = Text(read_after_, 3);
-    bytes += ev.body.size();
-    out->push_back(std::move(ev));
-    if (bytes >= max_bytes) break;
+    const uint64_t seq = static_cast<uint64_t>(sqlite3_column_int64(read_after_, 0));
+    const uint32_t count = static_cast<uint32_t>(sqlite3_column_int64(read_after_, 1));
+    const auto* blob = static_cast<const unsigned char*>(sqlite3_column_blob(read_after_, 2));
+    const size_t size = static_cast<size_t>(sqlite3_column_bytes(read_after_, 2));
+    if (!DecodeChunk(seq, blob, size, count, out)) {
+      sqlite3_reset(read_after_);
+      return absl::DataLossError(absl::StrCat("spool: chunk ", seq, " is malformed"));
+    }
+    bytes += size;
+    events += count;
+    if (bytes >= max_bytes || events >= max_events) break;
   }
   sqlite3_reset(read_after_);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "read");
@@ -97,19 +135,20 @@ absl::Status Reader::ReadAfter(uint64_t after, size_t max_events, size_t max_byt
 
 absl::Status Reader::ReadSession(const std::string& session_id,
                                  const std::function<bool(const StoredEvent&)>& each) {
-  Stmt s(db_, "SELECT seq, session_id, event_id, body FROM events WHERE session_id = ?1 "
-              "ORDER BY seq");
-  if (!s.ok()) return SqlError(db_, "prepare export");
-  sqlite3_bind_text(s.get(), 1, session_id.data(), static_cast<int>(session_id.size()),
-                    SQLITE_TRANSIENT);
-  int rc;
-  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
-    StoredEvent ev{static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0)), Text(s.get(), 1),
-                   Text(s.get(), 2), Text(s.get(), 3)};
-    if (!each(ev)) break;
+  // Rare (an operator's export): every chunk is read and every event parsed.
+  uint64_t after = 0;
+  for (;;) {
+    std::vector<StoredEvent> events;
+    if (absl::Status s = ReadAfter(after, 10000, 16 << 20, &events); !s.ok()) return s;
+    if (events.empty()) return absl::OkStatus();
+    after = events.back().seq;
+    for (const StoredEvent& ev : events) {
+      auto j = nlohmann::json::parse(ev.body, nullptr, false);
+      if (j.is_object() && j.value("sessionId", "") == session_id && !each(ev)) {
+        return absl::OkStatus();
+      }
+    }
   }
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "export");
-  return absl::OkStatus();
 }
 
 absl::Status Reader::ListDeadLetters(uint64_t after_id, size_t limit,
@@ -195,13 +234,16 @@ absl::Status Spool::Init() {
   sqlite3_busy_timeout(db_, 5000);
   const std::string sync = options_.limits.sync ? "FULL" : "NORMAL";
   for (const std::string& sql : {
+           // Chunks are blobs of tens of KiB: large pages keep them out of long overflow chains
+           // (measured: -20% writer time per event against 4 KiB pages). Only applies to a new file.
+           std::string("PRAGMA page_size=65536"),
+           std::string("PRAGMA cache_size=-8192"),
            std::string("PRAGMA journal_mode=WAL"),
            "PRAGMA synchronous=" + sync,
            std::string("PRAGMA foreign_keys=OFF"),
-           std::string("CREATE TABLE IF NOT EXISTS events("
-                       " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                       " session_id TEXT NOT NULL, event_id TEXT NOT NULL,"
-                       " body TEXT NOT NULL, created_ms INTEGER NOT NULL)"),
+           std::string("CREATE TABLE IF NOT EXISTS chunks("
+                       " seq INTEGER PRIMARY KEY AUTOINCREMENT, count INTEGER NOT NULL,"
+                       " body BLOB NOT NULL, created_ms INTEGER NOT NULL)"),
            std::string("CREATE TABLE IF NOT EXISTS chain_heads("
                        " session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL,"
                        " last_hash TEXT NOT NULL, events INTEGER NOT NULL,"
@@ -219,7 +261,7 @@ absl::Status Spool::Init() {
     while (sqlite3_step(s.get()) == SQLITE_ROW) chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
   }
   {
-    Stmt s(db_, "SELECT count(*), coalesce(sum(length(body)), 0) FROM events");
+    Stmt s(db_, "SELECT coalesce(sum(count), 0), coalesce(sum(length(body)), 0) FROM chunks");
     if (sqlite3_step(s.get()) == SQLITE_ROW) {
       stored_events_ = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
       stored_bytes_ = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
@@ -306,9 +348,9 @@ void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone do
   Enqueue(std::move(op));
 }
 
-void Spool::Ack(std::vector<uint64_t> seqs) {
+void Spool::Ack(std::vector<EventRef> refs) {
   Op op{Op::kAck};
-  op.seqs = std::move(seqs);
+  op.refs = std::move(refs);
   Enqueue(std::move(op));
 }
 
@@ -364,27 +406,27 @@ absl::Status Spool::Evict() {
   if (now - last_age_eviction_ms_ >= 1000) {
     last_age_eviction_ms_ = now;
     const int64_t cutoff = now - options_.limits.retention_max_age.count();
-    Stmt s(db_, "DELETE FROM events WHERE created_ms < ?1 RETURNING length(body)");
+    Stmt s(db_, "DELETE FROM chunks WHERE created_ms < ?1 RETURNING length(body), count");
     sqlite3_bind_int64(s.get(), 1, cutoff);
     int rc;
     while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
       stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
-      --stored_events_;
-      ++evicted_;
+      stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
+      evicted_ += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
     }
     if (rc != SQLITE_DONE) return SqlError(db_, "evict by age");
   }
   if (stored_bytes_.load() <= max_bytes) return absl::OkStatus();
   // Size: drop the oldest events, in chunks, until under the limit.
-  Stmt s(db_, "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT 1024) "
-              "RETURNING length(body)");
+  Stmt s(db_, "DELETE FROM chunks WHERE seq IN (SELECT seq FROM chunks ORDER BY seq LIMIT 64) "
+              "RETURNING length(body), count");
   while (stored_bytes_.load() > max_bytes) {
     sqlite3_reset(s.get());
     int rc, n = 0;
     while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
       stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
-      --stored_events_;
-      ++evicted_;
+      stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
+      evicted_ += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
       ++n;
     }
     if (rc != SQLITE_DONE) return SqlError(db_, "evict by size");
@@ -393,18 +435,36 @@ absl::Status Spool::Evict() {
   return absl::OkStatus();
 }
 
+absl::Status Spool::Done(const EventRef& ref) {
+  // Queue depth counts events; bytes leave with their chunk.
+  --stored_events_;
+  if (!options_.standalone) --queue_depth_;
+  uint32_t& done = done_[ref.seq];
+  if (++done < ref.chunk_events) return absl::OkStatus();
+  done_.erase(ref.seq);
+  Stmt del(db_, "DELETE FROM chunks WHERE seq = ?1 RETURNING length(body)");
+  sqlite3_bind_int64(del.get(), 1, static_cast<int64_t>(ref.seq));
+  const int rc = sqlite3_step(del.get());
+  if (rc == SQLITE_ROW) {
+    const uint64_t len = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 0));
+    stored_bytes_ -= len;
+    if (!options_.standalone) queue_bytes_ -= len;
+    sqlite3_step(del.get());
+  } else if (rc != SQLITE_DONE) {
+    return SqlError(db_, "delete chunk");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
-  Stmt insert(db_, "INSERT INTO events(session_id, event_id, body, created_ms) "
-                   "VALUES (?1, ?2, ?3, ?4)");
+  Stmt insert(db_, "INSERT INTO chunks(count, body, created_ms) VALUES (?1, ?2, ?3)");
   Stmt head(db_, "INSERT INTO chain_heads(session_id, agent_id, last_hash, events, updated_ms) "
                  "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(session_id) DO UPDATE SET "
                  "last_hash = excluded.last_hash, events = events + excluded.events, "
                  "updated_ms = excluded.updated_ms");
-  Stmt del(db_, "DELETE FROM events WHERE seq = ?1 RETURNING length(body)");
   Stmt dead(db_, "INSERT INTO dead_letters(seq, event_id, session_id, http_status, code, message,"
-                 " created_ms, body) SELECT seq, event_id, session_id, ?2, ?3, ?4, ?5, body "
-                 "FROM events WHERE seq = ?1");
-  if (!insert.ok() || !head.ok() || !del.ok() || !dead.ok()) return SqlError(db_, "prepare");
+                 " created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+  if (!insert.ok() || !head.ok() || !dead.ok()) return SqlError(db_, "prepare");
   const int64_t now = Millis(clock_->Now());
 
   struct HeadUpdate {
@@ -413,118 +473,99 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
     int64_t events = 0;
   };
   std::unordered_map<std::string, HeadUpdate> heads;
-  auto step_done = [&](sqlite3_stmt* s, const char* what) -> absl::Status {
-    const int rc = sqlite3_step(s);
-    sqlite3_reset(s);
+  auto step_done = [&](sqlite3_stmt* st, const char* what) -> absl::Status {
+    const int rc = sqlite3_step(st);
+    sqlite3_reset(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) return SqlError(db_, what);
     return absl::OkStatus();
   };
-  auto delete_seq = [&](uint64_t seq) -> absl::Status {
-    sqlite3_bind_int64(del.get(), 1, static_cast<int64_t>(seq));
-    const int rc = sqlite3_step(del.get());
-    if (rc == SQLITE_ROW) {
-      const uint64_t len = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 0));
-      stored_bytes_ -= len;
-      --stored_events_;
-      if (!options_.standalone) {
-        queue_bytes_ -= len;
-        --queue_depth_;
-      }
-      sqlite3_step(del.get());
-    } else if (rc != SQLITE_DONE) {
-      sqlite3_reset(del.get());
-      return SqlError(db_, "delete");
+  auto bind_text = [](sqlite3_stmt* st, int i, const std::string& v) {
+    sqlite3_bind_text(st, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  };
+  auto insert_chunk = [&](uint32_t count, const std::string& blob) -> absl::Status {
+    sqlite3_bind_int64(insert.get(), 1, count);
+    sqlite3_bind_blob(insert.get(), 2, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(insert.get(), 3, now);
+    if (absl::Status s = step_done(insert.get(), "insert"); !s.ok()) return s;
+    stored_bytes_ += blob.size();
+    stored_events_ += count;
+    if (!options_.standalone) {
+      queue_bytes_ += blob.size();
+      queue_depth_ += count;
     }
-    sqlite3_reset(del.get());
     return absl::OkStatus();
   };
 
-  std::string bytes;
+  std::string bytes, blob;
   for (Op& op : ops) {
     switch (op.kind) {
-      case Op::kAppend:
+      case Op::kAppend: {
+        blob.clear();
+        blob.reserve(op.bytes + 4 * op.events.size());
         for (const auto& ev : op.events) {
           const std::string hash = chainer_.Link(ev, &bytes);
-          sqlite3_bind_text(insert.get(), 1, ev.session_id.data(),
-                            static_cast<int>(ev.session_id.size()), SQLITE_STATIC);
-          sqlite3_bind_text(insert.get(), 2, ev.event_id.data(),
-                            static_cast<int>(ev.event_id.size()), SQLITE_STATIC);
-          sqlite3_bind_text(insert.get(), 3, bytes.data(), static_cast<int>(bytes.size()),
-                            SQLITE_STATIC);
-          sqlite3_bind_int64(insert.get(), 4, now);
-          if (absl::Status s = step_done(insert.get(), "insert"); !s.ok()) return s;
+          EncodeEvent(bytes, &blob);
           HeadUpdate& h = heads[ev.session_id];
-          h.agent_id = ev.agent_id;
+          if (h.agent_id != ev.agent_id) h.agent_id = ev.agent_id;
           h.hash = hash;
           ++h.events;
-          stored_bytes_ += bytes.size();
-          ++stored_events_;
-          if (!options_.standalone) {
-            queue_bytes_ += bytes.size();
-            ++queue_depth_;
-          }
+        }
+        if (absl::Status s = insert_chunk(static_cast<uint32_t>(op.events.size()), blob); !s.ok()) {
+          return s;
         }
         break;
+      }
       case Op::kAck:
-        for (uint64_t seq : op.seqs) {
-          if (absl::Status s = delete_seq(seq); !s.ok()) return s;
+        for (const EventRef& ref : op.refs) {
+          if (absl::Status s = Done(ref); !s.ok()) return s;
         }
         break;
       case Op::kDeadLetter:
         for (const DeadLetterInfo& d : op.letters) {
-          sqlite3_bind_int64(dead.get(), 1, static_cast<int64_t>(d.seq));
-          sqlite3_bind_int(dead.get(), 2, d.http_status);
-          sqlite3_bind_text(dead.get(), 3, d.code.data(), static_cast<int>(d.code.size()),
-                            SQLITE_STATIC);
-          sqlite3_bind_text(dead.get(), 4, d.message.data(), static_cast<int>(d.message.size()),
-                            SQLITE_STATIC);
-          sqlite3_bind_int64(dead.get(), 5, now);
+          // The ids are read back from the envelope: dead letters are rare.
+          auto j = nlohmann::json::parse(d.body, nullptr, false);
+          const std::string event_id = j.is_object() ? j.value("eventId", "") : "";
+          const std::string session_id = j.is_object() ? j.value("sessionId", "") : "";
+          sqlite3_bind_int64(dead.get(), 1, static_cast<int64_t>(d.ref.seq));
+          bind_text(dead.get(), 2, event_id);
+          bind_text(dead.get(), 3, session_id);
+          sqlite3_bind_int(dead.get(), 4, d.http_status);
+          bind_text(dead.get(), 5, d.code);
+          bind_text(dead.get(), 6, d.message);
+          sqlite3_bind_int64(dead.get(), 7, now);
+          bind_text(dead.get(), 8, d.body);
           if (absl::Status s = step_done(dead.get(), "dead letter"); !s.ok()) return s;
-          dead_letters_ += static_cast<uint64_t>(sqlite3_changes(db_));
-          if (absl::Status s = delete_seq(d.seq); !s.ok()) return s;
+          ++dead_letters_;
+          if (absl::Status s = Done(d.ref); !s.ok()) return s;
         }
         break;
       case Op::kRetry:
       case Op::kPurge: {
         const std::string where = op.seqs.empty() ? "" : " WHERE id IN (" + IdList(op.seqs) + ")";
-        if (op.kind == Op::kRetry) {
-          const std::string sql =
-              "INSERT INTO events(session_id, event_id, body, created_ms) SELECT session_id, "
-              "event_id, body, " + std::to_string(now) + " FROM dead_letters" + where +
-              " ORDER BY id";
-          if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
-        }
-        // Count and size of what leaves the dead-letter table.
-        std::string q = "SELECT count(*), coalesce(sum(length(body)), 0) FROM dead_letters" + where;
-        Stmt count(db_, q.c_str());
-        uint64_t n = 0, len = 0;
-        if (sqlite3_step(count.get()) == SQLITE_ROW) {
-          n = static_cast<uint64_t>(sqlite3_column_int64(count.get(), 0));
-          len = static_cast<uint64_t>(sqlite3_column_int64(count.get(), 1));
+        const std::string q = "SELECT body FROM dead_letters" + where + " ORDER BY id";
+        Stmt sel(db_, q.c_str());
+        uint64_t n = 0;
+        while (sqlite3_step(sel.get()) == SQLITE_ROW) {
+          ++n;
+          if (op.kind == Op::kRetry) {
+            // Requeued as they were sent: same bytes, same eventId, one chunk each.
+            blob.clear();
+            EncodeEvent(Text(sel.get(), 0), &blob);
+            if (absl::Status s = insert_chunk(1, blob); !s.ok()) return s;
+          }
         }
         const std::string sql = "DELETE FROM dead_letters" + where;
         if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
         dead_letters_ -= n;
-        if (op.kind == Op::kRetry) {
-          stored_events_ += n;
-          stored_bytes_ += len;
-          if (!options_.standalone) {
-            queue_depth_ += n;
-            queue_bytes_ += len;
-          }
-        }
         op.count = n;
         break;
       }
     }
   }
   for (auto& [session, h] : heads) {
-    sqlite3_bind_text(head.get(), 1, session.data(), static_cast<int>(session.size()),
-                      SQLITE_STATIC);
-    sqlite3_bind_text(head.get(), 2, h.agent_id.data(), static_cast<int>(h.agent_id.size()),
-                      SQLITE_STATIC);
-    sqlite3_bind_text(head.get(), 3, h.hash.data(), static_cast<int>(h.hash.size()),
-                      SQLITE_STATIC);
+    bind_text(head.get(), 1, session);
+    bind_text(head.get(), 2, h.agent_id);
+    bind_text(head.get(), 3, h.hash);
     sqlite3_bind_int64(head.get(), 4, h.events);
     sqlite3_bind_int64(head.get(), 5, now);
     if (absl::Status s = step_done(head.get(), "chain head"); !s.ok()) return s;
@@ -533,6 +574,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
 }
 
 void Spool::WriterLoop() {
+  pthread_setname_np(pthread_self(), "tg-spool");
   std::vector<Op> batch;
   for (;;) {
     batch.clear();
@@ -542,7 +584,7 @@ void Spool::WriterLoop() {
       if (ops_.empty() && closing_) break;
       size_t events = 0;
       while (!ops_.empty() && (batch.empty() || events < options_.limits.commit_max_events)) {
-        events += ops_.front().events.size() + ops_.front().seqs.size();
+        events += ops_.front().events.size() + ops_.front().refs.size();
         batch.push_back(std::move(ops_.front()));
         ops_.pop_front();
       }
@@ -558,6 +600,7 @@ void Spool::WriterLoop() {
       const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_, queue_bytes_,
                                 dead_letters_, evicted_};
       std::unordered_map<std::string, std::string> saved_heads;
+      const auto saved_done = done_;
       for (const Op& op : batch) {
         for (const auto& ev : op.events) {
           if (saved_heads.count(ev.session_id)) continue;
@@ -565,10 +608,20 @@ void Spool::WriterLoop() {
           saved_heads[ev.session_id] = h ? *h : std::string();
         }
       }
+      const auto t0 = std::chrono::steady_clock::now();
       status = Exec("BEGIN IMMEDIATE");
       if (status.ok()) status = ApplyBatch(batch);
+      const auto t1 = std::chrono::steady_clock::now();
       if (status.ok()) {
         status = Exec("COMMIT");
+        if (debug_timing_) {
+          const auto t2 = std::chrono::steady_clock::now();
+          size_t events = 0;
+          for (const Op& op : batch) events += op.events.size();
+          LogDebug("spool commit", {{"ops", batch.size()}, {"events", events},
+                                    {"apply_us", std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count()},
+                                    {"commit_us", std::chrono::duration_cast<std::chrono::microseconds>(t2 - t1).count()}});
+        }
         if (!status.ok() && !absl::IsResourceExhausted(status)) {
           // The commit (and its fsync) failed: what is on disk is unknown. Stop writing.
           failure_ = std::string(status.message());
@@ -589,6 +642,7 @@ void Spool::WriterLoop() {
         dead_letters_ = saved[4];
         evicted_ = saved[5];
         for (auto& [session, hash] : saved_heads) chainer_.SetHead(session, hash);
+        done_ = saved_done;
         if (absl::IsResourceExhausted(status)) {
           LogWarn("spool: disk full, appends refused until space returns",
                   {{"error", std::string(status.message())}});

@@ -2,7 +2,10 @@
 //
 // Appends are acknowledged only after their transaction is committed (and fsynced, with
 // spool.sync): many appends share one transaction (group commit, one writer thread, as
-// LevelDB's writer queue). The chain stage runs on that writer thread too, so that each
+// LevelDB's writer queue). Each append is stored as one row, a *chunk* of events (as Fluent
+// Bit's chunks), so SQLite's per-row cost is paid once per request, not once per event: see
+// docs/architecture.md. A chunk leaves the queue when all its events are acked or dead-lettered;
+// a chunk partly delivered before a crash is sent again whole (same eventIds). The chain stage runs on that writer thread too, so that each
 // session's order is the commit order and its head is stored in the same transaction.
 //
 // Bounded by bytes: in upstream mode an append that would take unshipped bytes past
@@ -28,6 +31,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -45,15 +49,23 @@ struct SpoolOptions {
   config::SpoolOptions limits;
 };
 
-struct StoredEvent {
+// Where an event sits: its chunk and how many events that chunk holds.
+struct EventRef {
   uint64_t seq = 0;
-  std::string session_id;
-  std::string event_id;
-  std::string body;  // canonical JSON envelope, exactly as shipped
+  uint32_t chunk_events = 0;
+};
+
+struct StoredEvent {
+  uint64_t seq = 0;           // the chunk holding the event (increasing, never reused)
+  uint32_t index = 0;         // position in the chunk
+  uint32_t chunk_events = 0;  // events in the chunk
+  std::string body;           // canonical JSON envelope, exactly as shipped
+  EventRef ref() const { return {seq, chunk_events}; }
 };
 
 struct DeadLetterInfo {
-  uint64_t seq = 0;
+  EventRef ref;
+  std::string body;
   int http_status = 0;
   std::string code;
   std::string message;
@@ -119,7 +131,7 @@ class Spool {
   void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done);
 
   // From the shipper: delivered events leave the queue; refused ones become dead letters.
-  void Ack(std::vector<uint64_t> seqs);
+  void Ack(std::vector<EventRef> refs);
   void DeadLetter(std::vector<DeadLetterInfo> letters);
 
   // Admin mutations; `done` gets the number of rows affected.
@@ -147,11 +159,14 @@ class Spool {
   absl::Status ApplyBatch(std::vector<Op>& ops);
   absl::Status Exec(const char* sql);
   absl::Status Evict();
+  // One more event of chunk `ref` is done; deletes the chunk when all are.
+  absl::Status Done(const EventRef& ref);
 
   const SpoolOptions options_;
   Clock* const clock_;
   sqlite3* const db_;  // writer thread only (and Init)
   chain::Chainer chainer_;  // writer thread only
+  std::unordered_map<uint64_t, uint32_t> done_;  // chunk → events done; writer thread only
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -168,6 +183,7 @@ class Spool {
   std::string failure_;  // writer thread; copied under mu_ into failure_copy_
   std::string failure_copy_;  // guarded by mu_
   int64_t last_age_eviction_ms_ = 0;  // writer thread only
+  const bool debug_timing_ = std::getenv("TOOLGATE_DEBUG_SPOOL_TIMING") != nullptr;
 
   std::thread writer_;
 };

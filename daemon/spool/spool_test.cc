@@ -78,13 +78,19 @@ TEST_F(SpoolTest, AppendIsDurableChainedAndSurvivesReopen) {
 
 TEST_F(SpoolTest, AckAndDeadLetterLeaveTheQueue) {
   auto s = Open(false);
-  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2), Ev("a", 3)}).ok());
+  std::vector<normalize::NormalizedEvent> evs = {Ev("a", 1), Ev("a", 2), Ev("a", 3)};
+  const std::string dead_id = evs[1].event_id;
+  ASSERT_TRUE(AppendSync(s.get(), evs).ok());
   auto rows = ReadAll(s.get());
-  s->Ack({rows[0].seq});
-  s->DeadLetter({{rows[1].seq, 422, "NORMALIZATION_FAILED", "bad payload"}});
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].chunk_events, 3u);  // one request, one chunk
+  s->Ack({rows[0].ref()});
+  s->DeadLetter({{rows[1].ref(), rows[1].body, 422, "NORMALIZATION_FAILED", "bad payload"}});
   ASSERT_TRUE(AppendSync(s.get(), {Ev("b", 1)}).ok());  // a commit after both ops
   EXPECT_EQ(s->stats().queue_depth, 2u);
   EXPECT_EQ(s->stats().dead_letters, 1u);
+  // The first chunk stays whole until its third event is done (a crash resends it whole).
+  EXPECT_EQ(ReadAll(s.get()).size(), 4u);
   auto r = s->NewReader();
   std::vector<DeadLetterRow> dl;
   ASSERT_TRUE((*r)->ListDeadLetters(0, 10, &dl).ok());
@@ -92,7 +98,8 @@ TEST_F(SpoolTest, AckAndDeadLetterLeaveTheQueue) {
   EXPECT_EQ(dl[0].code, "NORMALIZATION_FAILED");
   EXPECT_EQ(dl[0].message, "bad payload");
   EXPECT_EQ(dl[0].http_status, 422);
-  EXPECT_EQ(dl[0].event_id, rows[1].event_id);
+  EXPECT_EQ(dl[0].event_id, dead_id);
+  EXPECT_EQ(dl[0].body, rows[1].body);
 
   std::promise<uint64_t> requeued;
   s->RetryDeadLetters({}, [&](uint64_t n) { requeued.set_value(n); });
@@ -118,9 +125,9 @@ TEST_F(SpoolTest, FullSpoolRefusesWholeRequestsWithoutDropping) {
   EXPECT_EQ(ReadAll(s.get()).size(), static_cast<size_t>(stored));
   // Room returns once events are shipped.
   auto rows = ReadAll(s.get());
-  std::vector<uint64_t> seqs;
-  for (const auto& r : rows) seqs.push_back(r.seq);
-  s->Ack(seqs);
+  std::vector<EventRef> refs;
+  for (const auto& r : rows) refs.push_back(r.ref());
+  s->Ack(refs);
   EXPECT_TRUE(AppendSync(s.get(), {Ev("a", 999)}).ok());
 }
 
@@ -133,6 +140,19 @@ TEST_F(SpoolTest, StandaloneRetentionEvictsOldest) {
   const auto rows = ReadAll(s.get());
   ASSERT_FALSE(rows.empty());
   EXPECT_NE(rows.back().body.find("\"i\":199"), std::string::npos);
+}
+
+TEST_F(SpoolTest, ChunkIsDeletedOnlyWhenAllItsEventsAreDone) {
+  auto s = Open(false);
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2)}).ok());
+  auto rows = ReadAll(s.get());
+  s->Ack({rows[1].ref()});
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("b", 1)}).ok());
+  EXPECT_EQ(ReadAll(s.get()).size(), 3u);  // the chunk stays (a crash would resend it whole)
+  s->Ack({rows[0].ref()});
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("b", 2)}).ok());
+  EXPECT_EQ(ReadAll(s.get()).size(), 2u);
+  EXPECT_EQ(s->stats().queue_depth, 2u);
 }
 
 TEST_F(SpoolTest, ConcurrentAppendsAllCommitInPerSessionOrder) {

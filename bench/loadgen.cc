@@ -1,0 +1,140 @@
+// tg_loadgen: load generator for `bench/run audit`.
+//
+//   tg_loadgen stream ADDRESS CLIENTS EVENTS_PER_CLIENT BATCH WINDOW
+//       CLIENTS bidirectional streams, each sending EVENTS_PER_CLIENT tool events (~300 bytes,
+//       ~150-byte arguments) in batches of BATCH with at most WINDOW unacknowledged batches.
+//       Prints one JSON line: {"acked": N, "seconds": S, "errors": E}.
+//   tg_loadgen unary ADDRESS REQUESTS
+//       REQUESTS sequential Record calls of one event each; prints ack latency percentiles.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "toolgate/v1/events.grpc.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using toolgate::v1::Event;
+
+Event MakeEvent(int client, uint64_t i) {
+  Event e;
+  e.set_agent_id("bench-agent-" + std::to_string(client));
+  e.set_session_id("bench-session-" + std::to_string(client) + "-" + std::to_string(i % 16));
+  auto* t = e.mutable_tool_call();
+  t->set_tool_name("read_file");
+  t->set_response_status("success");
+  // ~150 bytes of arguments, different for every event.
+  t->set_arguments_json(R"({"path":"/data/reports/2026/q3/customer-export-)" + std::to_string(i) +
+                        R"(.csv","mode":"read","limit":1000,"filters":{"region":"eu-west-1",)"
+                        R"("status":"active"}})");
+  return e;
+}
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& address, int id) {
+  grpc::ChannelArguments args;
+  args.SetInt("toolgate.channel_id", id);  // distinct channels, hence connections
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+int Stream(const std::string& address, int clients, uint64_t per_client, int batch, int window) {
+  std::atomic<uint64_t> acked{0}, errors{0};
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      auto stub = toolgate::v1::Events::NewStub(Channel(address, c));
+      grpc::ClientContext ctx;
+      auto stream = stub->Stream(&ctx);
+      std::mutex mu;
+      std::condition_variable cv;
+      int outstanding = 0;
+      std::thread reader([&] {
+        toolgate::v1::StreamAck ack;
+        while (stream->Read(&ack)) {
+          if (ack.code() == 0) {
+            acked += ack.event_ids_size();
+          } else {
+            ++errors;
+          }
+          std::lock_guard<std::mutex> l(mu);
+          --outstanding;
+          cv.notify_one();
+        }
+      });
+      // Building requests is the agent's cost, paid on the load generator's CPU.
+      uint64_t seq = 0;
+      for (uint64_t i = 0; i < per_client; i += batch) {
+        toolgate::v1::StreamRequest req;
+        req.set_sequence(++seq);
+        for (uint64_t j = i; j < std::min<uint64_t>(per_client, i + batch); ++j) {
+          *req.add_events() = MakeEvent(c, j);
+        }
+        {
+          std::unique_lock<std::mutex> l(mu);
+          cv.wait(l, [&] { return outstanding < window; });
+          ++outstanding;
+        }
+        if (!stream->Write(req)) break;
+      }
+      stream->WritesDone();
+      reader.join();
+      if (!stream->Finish().ok()) ++errors;
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("{\"acked\": %llu, \"seconds\": %.3f, \"errors\": %llu}\n",
+              static_cast<unsigned long long>(acked.load()), secs,
+              static_cast<unsigned long long>(errors.load()));
+  return errors.load() == 0 ? 0 : 1;
+}
+
+int Unary(const std::string& address, int requests) {
+  auto stub = toolgate::v1::Events::NewStub(Channel(address, 1000));
+  std::vector<double> us;
+  us.reserve(requests);
+  for (int i = 0; i < requests + 100; ++i) {
+    toolgate::v1::RecordRequest req;
+    *req.add_events() = MakeEvent(99, i);
+    toolgate::v1::RecordResponse resp;
+    grpc::ClientContext ctx;
+    const auto t0 = Clock::now();
+    grpc::Status s = stub->Record(&ctx, req, &resp);
+    const double d = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    if (!s.ok()) {
+      std::fprintf(stderr, "Record failed: %s\n", s.error_message().c_str());
+      return 1;
+    }
+    if (i >= 100) us.push_back(d);  // the first 100 warm the connection up
+  }
+  std::sort(us.begin(), us.end());
+  auto pct = [&](double p) { return us[std::min(us.size() - 1, size_t(p * us.size()))]; };
+  std::printf("{\"requests\": %d, \"ack_p50_us\": %.0f, \"ack_p99_us\": %.0f, "
+              "\"ack_max_us\": %.0f}\n",
+              requests, pct(0.50), pct(0.99), us.back());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "stream" && argc == 7) {
+    return Stream(argv[2], std::stoi(argv[3]), std::stoull(argv[4]), std::stoi(argv[5]),
+                  std::stoi(argv[6]));
+  }
+  if (mode == "unary" && argc == 4) return Unary(argv[2], std::stoi(argv[3]));
+  std::fprintf(stderr,
+               "usage: tg_loadgen stream ADDRESS CLIENTS EVENTS_PER_CLIENT BATCH WINDOW\n"
+               "       tg_loadgen unary ADDRESS REQUESTS\n");
+  return 2;
+}
