@@ -4,16 +4,21 @@
 
 namespace toolgate::chain {
 
+void AppendAssembled(const normalize::NormalizedEvent& ev, const std::string& previous_hash,
+                     std::string* out) {
+  out->append(ev.head);
+  if (!previous_hash.empty()) {
+    out->append(",\"previousHash\":\"");
+    out->append(previous_hash);
+    out->push_back('"');
+  }
+  out->append(ev.tail);
+}
+
 std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash) {
   std::string out;
   out.reserve(ev.head.size() + ev.tail.size() + 84);
-  out += ev.head;
-  if (!previous_hash.empty()) {
-    out += ",\"previousHash\":\"";
-    out += previous_hash;
-    out.push_back('"');
-  }
-  out += ev.tail;
+  AppendAssembled(ev, previous_hash, &out);
   return out;
 }
 
@@ -27,6 +32,14 @@ std::string Chainer::Link(const normalize::NormalizedEvent& ev, std::string* byt
     it->second = hash;
   }
   return hash;
+}
+
+const std::string& Chainer::LinkAppend(const normalize::NormalizedEvent& ev, std::string* out) {
+  auto [it, inserted] = heads_.try_emplace(ev.session_id);
+  const size_t start = out->size();
+  AppendAssembled(ev, it->second, out);  // a new session's empty head means "no previousHash"
+  it->second = Sha256Hex(std::string_view(*out).substr(start));
+  return it->second;
 }
 
 const std::string* Chainer::Head(const std::string& session_id) const {

@@ -21,6 +21,8 @@ class Chainer {
   // Writes the event's final canonical bytes to `bytes` and returns their hash, which becomes
   // the session's head.
   std::string Link(const normalize::NormalizedEvent& ev, std::string* bytes);
+  // Same, appending the bytes to `out` (the spool's chunk) instead of a string of their own.
+  const std::string& LinkAppend(const normalize::NormalizedEvent& ev, std::string* out);
 
   // The session's head, or nullptr for a session with no events yet.
   const std::string* Head(const std::string& session_id) const;
@@ -33,6 +35,8 @@ class Chainer {
 
 // The canonical envelope with the given previousHash ("" for the first event).
 std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash);
+void AppendAssembled(const normalize::NormalizedEvent& ev, const std::string& previous_hash,
+                     std::string* out);
 
 }  // namespace toolgate::chain
 

@@ -532,6 +532,12 @@ Configuration reference:
 )" + Reference();
 }
 
+std::vector<std::string> OptionPaths() {
+  std::vector<std::string> out;
+  for (const Option& o : Options()) out.push_back(o.path);
+  return out;
+}
+
 std::string Reference() {
   Config defaults;
   std::string out;

@@ -106,6 +106,8 @@ absl::Status Validate(Config* cfg, const std::map<std::string, std::string>& env
 // The effective configuration as YAML, secrets redacted; and the documented reference.
 std::string Dump(const Config& cfg);
 std::string Reference();
+// Every option's path, in reference order ("listen", …, "upstream.url", …).
+std::vector<std::string> OptionPaths();
 
 std::string DefaultSocketPath(const std::map<std::string, std::string>& env);
 std::string DefaultDataDir(const std::map<std::string, std::string>& env);

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 
 namespace toolgate::config {
 namespace {
@@ -126,6 +127,17 @@ TEST(Config, DurationsAndSizes) {
   EXPECT_FALSE(ParseDuration("-1s").ok());
   EXPECT_EQ(*ParseSize("64KiB"), 65536u);
   EXPECT_FALSE(ParseSize("12 parsecs").ok());
+}
+
+TEST(Config, EveryOptionIsDocumentedInTheReadme) {
+  std::ifstream in(std::string(TOOLGATE_SOURCE_DIR) + "/README.md");
+  ASSERT_TRUE(in) << "README.md not found";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  for (const std::string& path : OptionPaths()) {
+    EXPECT_NE(ss.str().find("| `" + path + "` |"), std::string::npos)
+        << path << " is missing from the configuration table of README.md";
+  }
 }
 
 }  // namespace

@@ -294,7 +294,7 @@ bool OutOfRangeIsOverflow(const char* p, const char* end) {
 
 // One object member already written to the output as `"key":value`.
 struct Member {
-  size_t key_begin;   // Offset of the decoded key in the input or in the key arena.
+  size_t key_begin;  // Offset of the decoded key in the input or in the key arena.
   size_t key_len;
   bool key_in_arena;  // Keys with escapes are decoded into the arena.
   size_t src_offset;  // Offset of the key's opening quote in the input, for errors.
@@ -353,10 +353,7 @@ inline const char* SkipWhitespace(const char* p, const char* end) {
 class Parser {
  public:
   Parser(std::string_view input, int max_depth, std::string* out)
-      : begin_(input.data()),
-        end_(input.data() + input.size()),
-        max_depth_(max_depth),
-        out_(out) {}
+      : begin_(input.data()), end_(input.data() + input.size()), max_depth_(max_depth), out_(out) {}
 
   // On success `*out` holds the canonical bytes; otherwise returns false and sets error().
   bool Run();

@@ -4,17 +4,18 @@
 // compared as UTF-16 code unit sequences), strings escaped minimally, numbers written as
 // ECMAScript's Number.prototype.toString of the IEEE-754 double, no whitespace.
 //
-// Both entry points are thread-safe, never throw, and produce UTF-8 output.
+// All functions are thread-safe and produce UTF-8 output. CanonicalizeJson and AppendCanonical
+// never throw (allocation failure becomes absl::ResourceExhaustedError).
 
 #ifndef TOOLGATE_DAEMON_NORMALIZE_JCS_H_
 #define TOOLGATE_DAEMON_NORMALIZE_JCS_H_
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include <nlohmann/json.hpp>
 
 namespace toolgate::normalize {
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,7 +17,6 @@
 #include "absl/status/statusor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include <nlohmann/json.hpp>
 
 namespace toolgate::normalize {
 namespace {
@@ -30,8 +30,8 @@ struct Vector {
 };
 
 // RFC 8785 test data (testdata/input and testdata/output of the cyberphone/json-canonicalization
-// repository, and the examples of RFC 8785 sections 3.2.2 and 3.2.3). Non-ASCII expected bytes
-// are spelled as hex escapes so that invisible characters stay visible here.
+// repository, and the examples of RFC 8785 sections 3.2.2 and 3.2.3). Non-ASCII bytes are spelled
+// as hex escapes (so that invisible characters stay visible), except in "french".
 std::vector<Vector> RfcVectors() {
   return {
       {"arrays",
@@ -47,12 +47,12 @@ std::vector<Vector> RfcVectors() {
       {"french",
        "{\n"
        "  \"peach\": \"This sorting order\",\n"
-       "  \"p\xC3\xA9" "ch\xC3\xA9\": \"is wrong according to French\",\n"
-       "  \"p\xC3\xAA" "che\": \"but canonicalization MUST\",\n"
+       "  \"péché\": \"is wrong according to French\",\n"
+       "  \"pêche\": \"but canonicalization MUST\",\n"
        "  \"sin\":   \"ingnore locale\"\n"
        "}\n",
-       "{\"peach\":\"This sorting order\",\"p\xC3\xA9" "ch\xC3\xA9\":\"is wrong according to "
-       "French\",\"p\xC3\xAA" "che\":\"but canonicalization MUST\",\"sin\":\"ingnore locale\"}"},
+       "{\"peach\":\"This sorting order\",\"péché\":\"is wrong according to French\","
+       "\"pêche\":\"but canonicalization MUST\",\"sin\":\"ingnore locale\"}"},
       {"structures",
        R"({
   "1": {"f": {"f": "hi","F": 5} ,"\n": 56.0},
@@ -147,8 +147,7 @@ std::vector<Vector> MoreVectors() {
       {"underflow_to_zero", "1e-400", "0"},
       {"neg_underflow_to_zero", "-1e-400", "0"},
       {"huge_exponent_zero", "0e999999999999999999999", "0"},
-      {"long_mantissa_underflow", "0.00000000000000000000000000000000000000000000001e-300",
-       "0"},
+      {"long_mantissa_underflow", "0.00000000000000000000000000000000000000000000001e-300", "0"},
       {"max_double", "1.7976931348623157e308", "1.7976931348623157e+308"},
       {"long_fraction", "3.14159265358979323846264338327950288", "3.141592653589793"},
       {"neg_exp_form", "-1.25e-9", "-1.25e-9"},
@@ -255,8 +254,7 @@ TEST_P(JcsNumberTest, CanonicalizeJsonRoundTripsText) {
 
 INSTANTIATE_TEST_SUITE_P(
     AppendixB, JcsNumberTest,
-    ::testing::Values(NumberVector{0x0000000000000000, "0"},
-                      NumberVector{0x8000000000000000, "0"},
+    ::testing::Values(NumberVector{0x0000000000000000, "0"}, NumberVector{0x8000000000000000, "0"},
                       NumberVector{0x0000000000000001, "5e-324"},
                       NumberVector{0x8000000000000001, "-5e-324"},
                       NumberVector{0x7fefffffffffffff, "1.7976931348623157e+308"},
@@ -281,8 +279,8 @@ INSTANTIATE_TEST_SUITE_P(
                       NumberVector{0x43143ff3c1cb0959, "1424953923781206.2"}));
 
 TEST(JcsNumberTest, NonFiniteAppendixBValuesAreRejected) {
-  for (const uint64_t bits : {uint64_t{0x7fffffffffffffff}, uint64_t{0x7ff0000000000000},
-                              uint64_t{0xfff0000000000000}}) {
+  for (const uint64_t bits :
+       {uint64_t{0x7fffffffffffffff}, uint64_t{0x7ff0000000000000}, uint64_t{0xfff0000000000000}}) {
     std::string out = "keep";
     const absl::Status s = AppendCanonical(nlohmann::json(FromBits(bits)), &out);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << std::hex << bits;
@@ -321,7 +319,8 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorVector{"empty", "", "unexpected end of input at byte 0"},
         ErrorVector{"only_whitespace", "  \n", "unexpected end of input at byte 3"},
         ErrorVector{"not_json", "hello", "unexpected character at byte 0"},
-        ErrorVector{"trailing_garbage", "{\"a\":1} x", "unexpected data after JSON value at byte 8"},
+        ErrorVector{"trailing_garbage", "{\"a\":1} x",
+                    "unexpected data after JSON value at byte 8"},
         ErrorVector{"two_values", "1 2", "unexpected data after JSON value at byte 2"},
         ErrorVector{"leading_zero", "01", "unexpected data after JSON value at byte 1"},
         ErrorVector{"unclosed_object", "{\"a\":1", "unexpected end of input at byte 6"},
@@ -461,8 +460,8 @@ TEST(JcsTest, OutputLargerThanInput) {
   std::string array = "[";
   for (int i = 0; i < 300; ++i) array += "1e20,";
   array += "-1e-7]";
-  const std::string input = "{\"z\":" + array + ",\"a\":" + array + ",\"m\":{\"y\":" + array +
-                            ",\"x\":1e20}}";
+  const std::string input =
+      "{\"z\":" + array + ",\"a\":" + array + ",\"m\":{\"y\":" + array + ",\"x\":1e20}}";
   absl::StatusOr<std::string> got = CanonicalizeJson(input);
   ASSERT_TRUE(got.ok()) << got.status();
   std::string expected;
@@ -472,9 +471,10 @@ TEST(JcsTest, OutputLargerThanInput) {
 }
 
 TEST(JcsTest, OrderAndWhitespaceDoNotChangeCanonicalForm) {
-  absl::StatusOr<std::string> a = CanonicalizeJson(R"({"b":[1,2.0,3e0],"a":{"y":"\u00e9","x":null}})");
-  absl::StatusOr<std::string> b =
-      CanonicalizeJson("{ \"a\" : { \"x\" : null , \"y\" : \"\xC3\xA9\" } ,\n \"b\" : [ 1 , 2 , 3 ] }");
+  absl::StatusOr<std::string> a =
+      CanonicalizeJson(R"({"b":[1,2.0,3e0],"a":{"y":"\u00e9","x":null}})");
+  absl::StatusOr<std::string> b = CanonicalizeJson(
+      "{ \"a\" : { \"x\" : null , \"y\" : \"\xC3\xA9\" } ,\n \"b\" : [ 1 , 2 , 3 ] }");
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(*a, *b);
 }
@@ -521,8 +521,8 @@ TEST(AppendCanonicalTest, SerializesBuiltValues) {
       {"neg", std::numeric_limits<int64_t>::min()},
       {"ratio", 0.5},
       {"flags", {true, false}},
-      {"\xEF\xBF\xBF", 1},          // U+FFFF
-      {"\xF0\x9F\x98\x80", 2},      // U+1F600: before U+FFFF in UTF-16 order.
+      {"\xEF\xBF\xBF", 1},      // U+FFFF
+      {"\xF0\x9F\x98\x80", 2},  // U+1F600: before U+FFFF in UTF-16 order.
       {"ctl", std::string("a\x01\"\\\n", 5)},
   };
   std::string out;
@@ -559,6 +559,25 @@ TEST(AppendCanonicalTest, RejectsExcessiveNesting) {
   std::string out;
   EXPECT_EQ(AppendCanonical(deep, &out).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(out.empty());
+}
+
+TEST(AppendCanonicalTest, StringAndNumberHelpers) {
+  std::string out = "[";
+  ASSERT_TRUE(AppendCanonicalString("a\"\\\x1f/\xC3\xA9\x7F\n", &out));
+  out += ',';
+  AppendCanonicalNumber(-0.0, &out);
+  out += ',';
+  AppendCanonicalNumber(1e21, &out);
+  out += ',';
+  AppendCanonicalNumber(0.000001, &out);
+  out += ',';
+  AppendCanonicalNumber(1.5e-7, &out);
+  out += ',';
+  AppendCanonicalNumber(123456789.125, &out);
+  out += ']';
+  EXPECT_EQ(out, "[\"a\\\"\\\\\\u001f/\xC3\xA9\x7F\\n\",0,1e+21,0.000001,1.5e-7,123456789.125]");
+  std::string bad;
+  EXPECT_FALSE(AppendCanonicalString("\xED\xA0\x80", &bad));
 }
 
 }  // namespace

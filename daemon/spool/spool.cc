@@ -496,19 +496,27 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
     return absl::OkStatus();
   };
 
-  std::string bytes, blob;
+  std::string blob;
   for (Op& op : ops) {
     switch (op.kind) {
       case Op::kAppend: {
         blob.clear();
         blob.reserve(op.bytes + 4 * op.events.size());
+        HeadUpdate* h = nullptr;
+        const std::string* session = nullptr;
         for (const auto& ev : op.events) {
-          const std::string hash = chainer_.Link(ev, &bytes);
-          EncodeEvent(bytes, &blob);
-          HeadUpdate& h = heads[ev.session_id];
-          if (h.agent_id != ev.agent_id) h.agent_id = ev.agent_id;
-          h.hash = hash;
-          ++h.events;
+          // Length prefix, then the linked envelope written in place.
+          const size_t at = blob.size();
+          blob.append(4, '\0');
+          chainer_.LinkAppend(ev, &blob);
+          const uint32_t n = static_cast<uint32_t>(blob.size() - at - 4);
+          for (int b = 0; b < 4; ++b) blob[at + b] = static_cast<char>(n >> (8 * b));
+          if (session == nullptr || *session != ev.session_id) {  // runs of one session are common
+            h = &heads[ev.session_id];
+            session = &ev.session_id;
+            h->agent_id = ev.agent_id;
+          }
+          ++h->events;
         }
         if (absl::Status s = insert_chunk(static_cast<uint32_t>(op.events.size()), blob); !s.ok()) {
           return s;
@@ -563,6 +571,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
     }
   }
   for (auto& [session, h] : heads) {
+    h.hash = *chainer_.Head(session);
     bind_text(head.get(), 1, session);
     bind_text(head.get(), 2, h.agent_id);
     bind_text(head.get(), 3, h.hash);

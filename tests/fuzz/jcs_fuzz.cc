@@ -9,23 +9,25 @@
 //     the documented stricter rules (duplicate keys, nesting limit, byte order mark) and inputs
 //     containing a NUL byte (nlohmann treats NUL as end of input and ignores what follows).
 //
-// Build (from the repository root):
-//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
-//     daemon/normalize/jcs.cc tests/fuzz/jcs_fuzz.cc \
-//     $(pkg-config --libs absl_statusor absl_status absl_strings) -o /tmp/jcs_fuzz
-//   /tmp/jcs_fuzz -max_total_time=60 tests/fuzz/corpus/jcs
+// Build and run (from the repository root; one command per line):
+//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined
+//       -fno-sanitize-recover=undefined -I. daemon/normalize/jcs.cc tests/fuzz/jcs_fuzz.cc
+//       $(pkg-config --libs absl_statusor absl_status absl_strings) -o /tmp/jcs_fuzz
+//   mkdir -p /tmp/jcs_corpus
+//   /tmp/jcs_fuzz -max_total_time=60 /tmp/jcs_corpus tests/fuzz/corpus/jcs
+// (New inputs go to the first directory, so the checked-in seeds stay as they are.)
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "daemon/normalize/jcs.h"
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -62,7 +64,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
 
   const absl::StatusOr<std::string> second = CanonicalizeJson(*first);
-  if (!second.ok()) Fail("canonical output rejected", *first, std::string(second.status().message()));
+  if (!second.ok()) {
+    Fail("canonical output rejected", *first, std::string(second.status().message()));
+  }
   if (*second != *first) Fail("not idempotent", *first, *second);
 
   const nlohmann::json parsed = nlohmann::json::parse(*first, nullptr, /*allow_exceptions=*/false);

@@ -163,3 +163,10 @@ def make_daemon(tmp_path):
         except Exception:  # noqa: BLE001 - teardown must go on
             if d.proc:
                 d.proc.kill()
+    # Under the sanitizer builds, a report in any daemon's log fails the test.
+    for d in daemons:
+        logs = d.logs()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "WARNING: ThreadSanitizer"):
+            if marker in logs:
+                pytest.fail(f"{marker} in {d.log_path}:\n" + logs[logs.index(marker):][:3000])

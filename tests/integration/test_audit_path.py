@@ -303,3 +303,35 @@ def test_metrics_and_healthz(make_daemon, upstream):
     text = urllib.request.urlopen(d.http_address + "/metrics").read().decode()
     assert "toolgate_events_received_total 1" in text
     assert "toolgate_queue_depth 0" in text
+
+
+def test_connection_resets_and_slow_answers_are_retried_with_the_same_event_id(make_daemon,
+                                                                             upstream):
+    d = make_daemon(upstream=upstream, args=FAST_RETRY + [
+        "--set", "upstream.timeout=1s", "--set", "upstream.max_in_flight=1"]).start()
+    upstream.reset_connections(2)
+    r1 = d.events().Record(events_pb2.RecordRequest(events=[tool_event()]), timeout=10)
+    assert upstream.wait_for_events(1, timeout=20)
+    assert upstream.event_ids() == list(r1.event_ids)
+    # An answer slower than upstream.timeout: the request is abandoned and sent again. The fake
+    # recorded the first copy before its late answer, so the event arrives twice, same eventId.
+    upstream.slow(2.5, n=1)
+    r2 = d.events().Record(events_pb2.RecordRequest(events=[tool_event()]), timeout=10)
+    wait_until(lambda: upstream.event_ids().count(r2.event_ids[0]) >= 2, timeout=20,
+               what="the resend after a timeout")
+    copies = [e for e in upstream.events() if e["eventId"] == r2.event_ids[0]]
+    assert all(c == copies[0] for c in copies)
+    wait_until(lambda: d.status().queue_depth == 0, what="queue drained")
+    assert "timeout" in d.status().upstream_last_error.lower() or \
+        "timed out" in d.status().upstream_last_error.lower()
+
+
+def test_array_batches_are_gzipped(make_daemon, upstream):
+    d = make_daemon(upstream=upstream, args=FAST_RETRY + [
+        "--set", "upstream.ingest_format=array"]).start()
+    d.events().Record(events_pb2.RecordRequest(events=[tool_event() for _ in range(20)]),
+                      timeout=10)
+    assert upstream.wait_for_events(20)
+    reqs = [r for r in upstream.requests() if r["path"] == "/v1/events"]
+    assert reqs[0]["headers"].get("content-encoding") == "gzip"
+    assert len(json.loads(reqs[0]["body"])) == 20
