@@ -9,7 +9,7 @@ PACKAGES=(
   libcurl4-openssl-dev libssl-dev zlib1g-dev libsqlite3-dev
   nlohmann-json3-dev libconcurrentqueue-dev libyaml-cpp-dev libcpp-httplib-dev
   prometheus-cpp-dev libsystemd-dev libjemalloc-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf python3-pytest
 )
 

@@ -171,12 +171,24 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
         }
         hash = HashArguments(*canonical);
       }
-      payload.Str("toolName", t.tool_name());
-      payload.Str("argumentsHash", hash);
-      payload.StrIfSet("responseStatus", t.response_status());
-      payload.StrIfSet("endpoint", t.endpoint());
       if (t.duration_ms() < 0) return Invalid(p, "tool_call.duration_ms", "must be >= 0");
-      if (t.duration_ms() > 0) payload.Raw("durationMs", std::to_string(t.duration_ms()));
+      // The hot path: members written directly, already in JCS order.
+      payload_text.reserve(128 + t.tool_name().size() + t.response_status().size() +
+                           t.endpoint().size());
+      payload_text = "{\"argumentsHash\":\"";
+      payload_text += hash;
+      payload_text.push_back('"');
+      if (t.duration_ms() > 0) {
+        payload_text += ",\"durationMs\":";
+        payload_text += std::to_string(t.duration_ms());
+      }
+      bool first = false;
+      if (!t.endpoint().empty()) AppendMember(&payload_text, "endpoint", t.endpoint(), &first);
+      if (!t.response_status().empty()) {
+        AppendMember(&payload_text, "responseStatus", t.response_status(), &first);
+      }
+      AppendMember(&payload_text, "toolName", t.tool_name(), &first);
+      payload_text.push_back('}');
       break;
     }
     case Event::kIdentity: {
