@@ -10,6 +10,7 @@ pkg_check_modules(SYSTEMD IMPORTED_TARGET libsystemd)
 # jemalloc: events are allocated on gRPC threads and freed on the spool's writer thread, a
 # pattern glibc malloc handles poorly (measured: -15% daemon CPU per event).
 pkg_check_modules(JEMALLOC REQUIRED IMPORTED_TARGET jemalloc)
+pkg_check_modules(LIBDEFLATE REQUIRED IMPORTED_TARGET libdeflate)
 find_package(Protobuf REQUIRED)
 find_package(CURL REQUIRED)
 find_package(OpenSSL REQUIRED)
