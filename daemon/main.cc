@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
   app::Daemon daemon(*std::move(cfg));
   if (absl::Status s = daemon.Start(); !s.ok()) {
     LogError("cannot start", {{"error", std::string(s.message())}});
-    return 1;
+    // A policy that does not compile is a configuration error, like the rest of the config.
+    return absl::IsInvalidArgument(s) ? 2 : 1;
   }
   daemon.Run();
   return 0;

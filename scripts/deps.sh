@@ -8,7 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libcurl4-openssl-dev libssl-dev zlib1g-dev libsqlite3-dev
   nlohmann-json3-dev libconcurrentqueue-dev libyaml-cpp-dev libcpp-httplib-dev
-  prometheus-cpp-dev libsystemd-dev libjemalloc-dev libdeflate-dev
+  prometheus-cpp-dev libsystemd-dev libjemalloc-dev libdeflate-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf python3-pytest
 )

@@ -10,12 +10,15 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "daemon/chain/verifier.h"
+#include "daemon/policy/policy.h"
+#include "daemon/policy/rate_state.h"
 #include "toolgate/v1/admin.grpc.pb.h"
 #include "toolgate/v1/events.grpc.pb.h"
 
@@ -38,6 +41,12 @@ Commands:
   export SESSION              the session's stored events as JSON lines
   flush [--timeout-ms N]      ship what is queued now and wait for it
   verify FILE                 check the previousHash chains of a JSON-lines file ("-" = stdin)
+  policy lint FILE            compile a policy; name the line and the problem if it does not
+  policy test FILE ACTION.json
+                              decide ACTION offline: {"agent_id", "session_id", "tool_name",
+                              "tool_type", "operation", "target_system", "initiator_type",
+                              "arguments": {...}}
+  policy reload               make the daemon re-read its policy file now
 
 Global flags:
   --address ADDR   HOST:PORT or unix:PATH (default $TOOLGATE_ADDRESS, else the daemon's
@@ -332,6 +341,118 @@ int Verify(const Cli& cli) {
   return report.ok() ? kOk : kProblem;
 }
 
+std::string ReadFile(const std::string& path, bool* ok) {
+  std::ifstream in(path, std::ios::binary);
+  *ok = static_cast<bool>(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int Policy(Cli cli) {
+  if (cli.args.empty()) {
+    std::fprintf(stderr, "toolgate policy: lint FILE | test FILE ACTION.json | reload\n");
+    return kUsage;
+  }
+  const std::string verb = cli.args[0];
+  if (verb == "reload") {
+    auto stub = Admin::NewStub(Connect(cli));
+    auto ctx = Ctx();
+    ReloadPoliciesResponse resp;
+    if (auto s = stub->ReloadPolicies(ctx.get(), ReloadPoliciesRequest(), &resp); !s.ok()) {
+      return RpcFailed(s, cli);
+    }
+    if (cli.json) {
+      std::cout << ToJson(resp) << "\n";
+    } else if (resp.error().empty()) {
+      std::printf("revision %s%s\n", resp.revision().c_str(), resp.changed() ? " (changed)" : "");
+    } else {
+      std::printf("not reloaded: %s\nrevision in force: %s\n", resp.error().c_str(),
+                  resp.revision().c_str());
+    }
+    return resp.error().empty() ? kOk : kProblem;
+  }
+  if ((verb != "lint" || cli.args.size() != 2) && (verb != "test" || cli.args.size() != 3)) {
+    std::fprintf(stderr, "toolgate policy: lint FILE | test FILE ACTION.json | reload\n");
+    return kUsage;
+  }
+  bool ok = false;
+  const std::string text = ReadFile(cli.args[1], &ok);
+  if (!ok) {
+    std::fprintf(stderr, "toolgate policy: cannot read '%s'\n", cli.args[1].c_str());
+    return kUsage;
+  }
+  auto rules = toolgate::policy::CompilePolicy(text, cli.args[1]);
+  if (!rules.ok()) {
+    if (cli.json) {
+      std::cout << nlohmann::json({{"ok", false}, {"error", std::string(rules.status().message())}})
+                << "\n";
+    } else {
+      std::printf("%s\n", std::string(rules.status().message()).c_str());
+    }
+    return kProblem;
+  }
+  if (verb == "lint") {
+    if (cli.json) {
+      std::cout << nlohmann::json({{"ok", true},
+                                   {"revision", (*rules)->revision()},
+                                   {"rules", (*rules)->size()}})
+                << "\n";
+    } else {
+      std::printf("OK: %zu rule(s), revision %s\n", (*rules)->size(),
+                  (*rules)->revision().c_str());
+    }
+    return kOk;
+  }
+  const std::string action_text = ReadFile(cli.args[2], &ok);
+  auto j = nlohmann::json::parse(action_text, nullptr, false);
+  if (!ok || !j.is_object()) {
+    std::fprintf(stderr, "toolgate policy test: '%s' must be a JSON object\n",
+                 cli.args[2].c_str());
+    return kUsage;
+  }
+  auto str = [&](const char* a, const char* b) {
+    for (const char* k : {a, b}) {
+      if (j.contains(k) && j[k].is_string()) return j[k].get<std::string>();
+    }
+    return std::string();
+  };
+  nlohmann::json args = j.contains("arguments") ? j["arguments"] : nlohmann::json(nullptr);
+  toolgate::policy::Action action{str("agent_id", "agentId"),
+                                  str("session_id", "sessionId"),
+                                  str("tool_name", "toolName"),
+                                  str("tool_type", "toolType"),
+                                  str("operation", "operation"),
+                                  str("target_system", "targetSystem"),
+                                  str("initiator_type", "initiatorType"),
+                                  str("initiator_id", "initiatorId"),
+                                  args.is_null() ? nullptr : &args};
+  toolgate::policy::RateState state;
+  const auto d = (*rules)->Evaluate(action, &state, std::chrono::system_clock::now());
+  const std::string effect(toolgate::policy::EffectName(d.effect));
+  if (cli.json) {
+    nlohmann::json out = {{"decision", effect},
+                          {"rule_id", std::string(d.rule_id)},
+                          {"reason", std::string(d.reason)},
+                          {"revision", (*rules)->revision()}};
+    if (d.shadow) {
+      out["shadow_rule_id"] = std::string(d.shadow_rule_id);
+      out["shadow_decision"] = std::string(toolgate::policy::EffectName(d.shadow_effect));
+    }
+    std::cout << out << "\n";
+  } else {
+    std::printf("%s  rule: %s  reason: %s\n", effect.c_str(),
+                d.rule ? std::string(d.rule_id).c_str() : "(default)",
+                std::string(d.reason).c_str());
+    if (d.shadow) {
+      std::printf("shadow: rule %s would have decided %s\n",
+                  std::string(d.shadow_rule_id).c_str(),
+                  std::string(toolgate::policy::EffectName(d.shadow_effect)).c_str());
+    }
+  }
+  return kOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -368,6 +489,7 @@ int main(int argc, char** argv) {
   if (cmd == "export") return Export(cli);
   if (cmd == "flush") return Flush(cli);
   if (cmd == "verify") return Verify(cli);
+  if (cmd == "policy") return Policy(cli);
   std::fprintf(stderr, "toolgate: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
   return kUsage;
 }

@@ -22,8 +22,25 @@ std::string MsToRfc3339(int64_t ms) {
 
 }  // namespace
 
-AdminService::AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush)
-    : spool_(spool), fill_status_(std::move(fill_status)), flush_(std::move(flush)) {}
+AdminService::AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush,
+                           ReloadHook reload)
+    : spool_(spool),
+      fill_status_(std::move(fill_status)),
+      flush_(std::move(flush)),
+      reload_(std::move(reload)) {}
+
+grpc::ServerUnaryReactor* AdminService::ReloadPolicies(grpc::CallbackServerContext* ctx,
+                                                       const ReloadPoliciesRequest*,
+                                                       ReloadPoliciesResponse* resp) {
+  // Compiling a policy takes milliseconds at most: done inline.
+  const policy::ReloadResult r = reload_();
+  resp->set_revision(r.revision);
+  resp->set_changed(r.changed);
+  resp->set_error(r.error);
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
                                                const StatusRequest*, StatusResponse* resp) {

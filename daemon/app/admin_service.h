@@ -7,6 +7,7 @@
 
 #include <functional>
 
+#include "daemon/policy/policy_source.h"
 #include "daemon/spool/spool.h"
 #include "toolgate/v1/admin.grpc.pb.h"
 
@@ -16,8 +17,10 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
  public:
   using StatusFiller = std::function<void(toolgate::v1::StatusResponse*)>;
   using FlushHook = std::function<void()>;
+  using ReloadHook = std::function<policy::ReloadResult()>;
 
-  AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush);
+  AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush,
+               ReloadHook reload);
 
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx,
                                    const toolgate::v1::StatusRequest* req,
@@ -25,6 +28,9 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* ctx,
                                   const toolgate::v1::FlushRequest* req,
                                   toolgate::v1::FlushResponse* resp) override;
+  grpc::ServerUnaryReactor* ReloadPolicies(grpc::CallbackServerContext* ctx,
+                                           const toolgate::v1::ReloadPoliciesRequest* req,
+                                           toolgate::v1::ReloadPoliciesResponse* resp) override;
   grpc::ServerUnaryReactor* ListDeadLetters(grpc::CallbackServerContext* ctx,
                                             const toolgate::v1::ListDeadLettersRequest* req,
                                             toolgate::v1::ListDeadLettersResponse* resp) override;
@@ -44,6 +50,7 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   spool::Spool* const spool_;
   const StatusFiller fill_status_;
   const FlushHook flush_;
+  const ReloadHook reload_;
 };
 
 }  // namespace toolgate::app

@@ -25,6 +25,8 @@
 #include "daemon/common/log.h"
 #include "daemon/ingest/events_service.h"
 #include "daemon/normalize/normalizer.h"
+#include "daemon/policy/policy_service.h"
+#include "daemon/policy/policy_source.h"
 #include "daemon/shipper/shipper.h"
 #include "daemon/spool/spool.h"
 
@@ -76,6 +78,8 @@ struct Daemon::Impl {
   std::unique_ptr<shipper::Shipper> shipper;
   std::unique_ptr<ingest::EventsService> events;
   std::unique_ptr<AdminService> admin;
+  std::unique_ptr<policy::PolicySource> policies;
+  std::unique_ptr<policy::PolicyService> policy_service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
@@ -99,7 +103,7 @@ struct Daemon::Impl {
                                               std::chrono::steady_clock::now() - started)
                                               .count()));
     r->set_breaker_state("closed");
-    r->set_policy_revision("");
+    r->set_policy_revision(policies->revision());
     if (shipper) {
       const shipper::ShipperStats sh = shipper->stats();
       r->set_events_shipped(sh.events_shipped);
@@ -140,6 +144,24 @@ struct Daemon::Impl {
         Family("toolgate_spool_failed", "1 when the store failed and refuses writes.",
                MetricType::Gauge, s.failed ? 1 : 0),
     };
+    const policy::CheckStats cs = policy_service->stats();
+    f.push_back(Family("toolgate_checks_allow_total", "Check answers ALLOW.", MetricType::Counter,
+                       cs.allow));
+    f.push_back(Family("toolgate_checks_deny_total", "Check answers DENY.", MetricType::Counter,
+                       cs.deny));
+    f.push_back(Family("toolgate_checks_require_approval_total",
+                       "Check answers REQUIRE_APPROVAL.", MetricType::Counter,
+                       cs.require_approval));
+    f.push_back(Family("toolgate_checks_invalid_total", "Check requests refused as invalid.",
+                       MetricType::Counter, cs.invalid));
+    f.push_back(Family("toolgate_check_audit_failures_total",
+                       "Checks answered but not recorded in the audit chain.",
+                       MetricType::Counter, cs.audit_failures));
+    f.push_back(Family("toolgate_policy_reloads_total", "Policy files taken.",
+                       MetricType::Counter, policies->reloads()));
+    f.push_back(Family("toolgate_policy_reload_failures_total",
+                       "Policy files refused (the last good policy stayed in force).",
+                       MetricType::Counter, policies->reload_failures()));
     if (shipper) {
       const shipper::ShipperStats sh = shipper->stats();
       f.push_back(Family("toolgate_events_shipped_total", "Events accepted by the upstream.",
@@ -211,6 +233,9 @@ absl::Status Daemon::Start() {
   }
   ::chmod(cfg.data_dir.c_str(), 0750);
 
+  d.policies = std::make_unique<policy::PolicySource>(cfg.policy);
+  if (absl::Status s = d.policies->Load(); !s.ok()) return s;
+
   d.normalizer = std::make_unique<normalize::Normalizer>(
       normalize::NormalizerOptions{cfg.ingest.max_argument_bytes, cfg.hash.hmac_key}, d.clock);
   spool::SpoolOptions so;
@@ -230,11 +255,15 @@ absl::Status Daemon::Start() {
 
   d.events = std::make_unique<ingest::EventsService>(cfg.ingest, d.normalizer.get(),
                                                      d.spool.get(), cfg.spool.retry_after);
+  d.policy_service = std::make_unique<policy::PolicyService>(
+      cfg.policy, cfg.ingest.max_argument_bytes, d.policies.get(), d.normalizer.get(),
+      d.spool.get(), d.clock);
   d.admin = std::make_unique<AdminService>(
       d.spool.get(), [&d](toolgate::v1::StatusResponse* r) { d.FillStatus(r); },
       [&d] {
         if (d.shipper) d.shipper->RequestFlush();
-      });
+      },
+      [&d] { return d.policies->Reload(); });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -255,6 +284,7 @@ absl::Status Daemon::Start() {
   }
   builder.RegisterService(d.events.get());
   builder.RegisterService(d.admin.get());
+  builder.RegisterService(d.policy_service.get());
   d.server = builder.BuildAndStart();
   if (!d.server || (!cfg.listen.empty() && tcp_port == 0)) {
     return absl::UnavailableError(absl::StrCat(
@@ -270,6 +300,7 @@ absl::Status Daemon::Start() {
     d.listening.push_back("unix:" + cfg.socket);
   }
   d.server->GetHealthCheckService()->SetServingStatus(true);
+  d.policies->StartWatching();
   if (absl::Status s = d.StartHttp(); !s.ok()) return s;
 
   nlohmann::json fields = {{"version", kVersion},
@@ -298,7 +329,8 @@ void Daemon::Run() {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      LogInfo("SIGHUP: no policy source configured; nothing to reload");
+      LogInfo("SIGHUP: reloading the policy");
+      impl_->policies->Reload();
       continue;
     }
     LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
@@ -319,6 +351,7 @@ void Daemon::Shutdown() {
     d.server->Shutdown(std::chrono::system_clock::now() + d.cfg.shutdown_timeout / 2);
     d.server->Wait();
   }
+  if (d.policies) d.policies->Stop();
   if (d.shipper) d.shipper->Stop(deadline);
   if (d.spool) d.spool->Close();
   if (d.http) {

@@ -128,6 +128,12 @@ const std::vector<Option>& Options() {
       SubDur("upstream.auth_failure_pause", &Config::upstream,
              &UpstreamOptions::auth_failure_pause,
              "pause of shipping after 401/403 (events are kept)"),
+      SubStr("policy.file", &Config::policy, &PolicyOptions::file,
+             "local policy file (YAML or JSON, docs/policy.md); unset = Check allows everything"),
+      SubDur("policy.reload_interval", &Config::policy, &PolicyOptions::reload_interval,
+             "how often the policy file is checked for changes (0 = only on SIGHUP / reload)"),
+      SubBool("policy.record_checks", &Config::policy, &PolicyOptions::record_checks,
+              "record every Check as an approval event in the session's chain"),
   };
   return *options;
 }

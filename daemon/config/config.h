@@ -63,6 +63,12 @@ struct UpstreamOptions {
   Millis auth_failure_pause{60000};  // after a 401/403, shipping pauses this long
 };
 
+struct PolicyOptions {
+  std::string file;                 // local policy (YAML/JSON); empty = no policy: Check allows
+  Millis reload_interval{1000};     // how often the file is checked for changes; 0 = only SIGHUP
+  bool record_checks = true;        // every Check becomes an `approval` audit event
+};
+
 struct Config {
   std::string listen = "127.0.0.1:7470";
   std::string socket;  // default: see DefaultSocketPath()
@@ -76,6 +82,7 @@ struct Config {
   SpoolOptions spool;
   BatchOptions batch;
   UpstreamOptions upstream;
+  PolicyOptions policy;
   std::string config_file;  // where the file came from, if any
 
   bool standalone() const { return upstream.url.empty(); }

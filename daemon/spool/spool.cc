@@ -83,7 +83,9 @@ std::string IdList(const std::vector<uint64_t>& ids) {
 }  // namespace
 
 struct Spool::Op {
-  enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge } kind;
+  enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge };
+  explicit Op(Kind k) : kind(k) {}
+  Kind kind;
   std::vector<normalize::NormalizedEvent> events;
   uint64_t bytes = 0;
   AppendDone done;
@@ -341,7 +343,7 @@ void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone do
   } else {
     pending_bytes_.fetch_add(bytes);
   }
-  Op op{Op::kAppend};
+  Op op(Op::kAppend);
   op.events = std::move(events);
   op.bytes = bytes;
   op.done = std::move(done);
@@ -349,26 +351,26 @@ void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone do
 }
 
 void Spool::Ack(std::vector<EventRef> refs) {
-  Op op{Op::kAck};
+  Op op(Op::kAck);
   op.refs = std::move(refs);
   Enqueue(std::move(op));
 }
 
 void Spool::DeadLetter(std::vector<DeadLetterInfo> letters) {
-  Op op{Op::kDeadLetter};
+  Op op(Op::kDeadLetter);
   op.letters = std::move(letters);
   Enqueue(std::move(op));
 }
 
 void Spool::RetryDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done) {
-  Op op{Op::kRetry};
+  Op op(Op::kRetry);
   op.seqs = std::move(ids);
   op.count_done = std::move(done);
   Enqueue(std::move(op));
 }
 
 void Spool::PurgeDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done) {
-  Op op{Op::kPurge};
+  Op op(Op::kPurge);
   op.seqs = std::move(ids);
   op.count_done = std::move(done);
   Enqueue(std::move(op));

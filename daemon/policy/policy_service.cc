@@ -1,0 +1,175 @@
+#include "daemon/policy/policy_service.h"
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/common/crypto.h"
+#include "daemon/common/log.h"
+#include "daemon/normalize/jcs.h"
+
+namespace toolgate::policy {
+
+using toolgate::v1::CheckResponse;
+
+toolgate::v1::Decision ToProto(Effect effect) {
+  switch (effect) {
+    case Effect::kAllow:
+      return toolgate::v1::ALLOW;
+    case Effect::kDeny:
+      return toolgate::v1::DENY;
+    case Effect::kRequireApproval:
+      return toolgate::v1::REQUIRE_APPROVAL;
+  }
+  return toolgate::v1::DECISION_UNSPECIFIED;
+}
+
+PolicyService::PolicyService(config::PolicyOptions options, uint64_t max_argument_bytes,
+                             PolicySource* source, const normalize::Normalizer* normalizer,
+                             spool::Spool* spool, Clock* clock)
+    : options_(std::move(options)),
+      max_argument_bytes_(max_argument_bytes),
+      source_(source),
+      normalizer_(normalizer),
+      spool_(spool),
+      clock_(clock) {}
+
+absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse* response,
+                                   std::string* arguments_hash) {
+  auto invalid = [](const char* field, const std::string& rule) {
+    return absl::InvalidArgumentError(std::string("action.") + field + ": " + rule);
+  };
+  if (a.agent_id().empty() || a.agent_id().size() > 255) {
+    return invalid("agent_id", "required, 1-255 characters");
+  }
+  if (a.session_id().empty() || a.session_id().size() > 255) {
+    return invalid("session_id", "required, 1-255 characters");
+  }
+  if (a.tool_name().empty()) return invalid("tool_name", "required");
+  if (a.arguments_json().size() > max_argument_bytes_) {
+    return invalid("arguments_json", "larger than ingest.max_argument_bytes");
+  }
+  nlohmann::json args;
+  const std::string& text = a.arguments_json().empty() ? "{}" : a.arguments_json();
+  args = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (args.is_discarded()) return invalid("arguments_json", "must be JSON");
+  auto canonical = normalize::CanonicalizeJson(text);
+  if (!canonical.ok()) {
+    return invalid("arguments_json", "must be JSON: " + std::string(canonical.status().message()));
+  }
+  *arguments_hash = normalizer_->HashArguments(*canonical);
+
+  response->set_decision_id(NewUuid());
+  auto rules = source_->Current();
+  if (!rules) {
+    response->set_decision(toolgate::v1::ALLOW);
+    response->set_source(toolgate::v1::LOCAL_DEFAULT);
+    response->set_reason("no policy configured");
+    return absl::OkStatus();
+  }
+  Action action{a.agent_id(),       a.session_id(),   a.tool_name(),
+                a.tool_type(),      a.operation(),    a.target_system(),
+                a.initiator_type(), a.initiator_id(), &args};
+  const Decision d = rules->Evaluate(action, &rate_state_, clock_->Now());
+  response->set_decision(ToProto(d.effect));
+  response->set_rule_id(std::string(d.rule_id));
+  response->set_reason(std::string(d.reason));
+  response->set_policy_revision(rules->revision());
+  response->set_source(d.rule ? toolgate::v1::LOCAL_RULE : toolgate::v1::LOCAL_DEFAULT);
+  if (d.shadow) {
+    response->set_shadow(true);
+    response->set_shadow_decision(ToProto(d.shadow_effect));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
+                                               const toolgate::v1::CheckRequest* request,
+                                               CheckResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  std::string hash;
+  absl::Status s = Decide(request->action(), response, &hash);
+  if (!s.ok()) {
+    invalid_.fetch_add(1, std::memory_order_relaxed);
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(s.message())));
+    return reactor;
+  }
+  switch (response->decision()) {
+    case toolgate::v1::DENY:
+      deny_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case toolgate::v1::REQUIRE_APPROVAL:
+      require_approval_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    default:
+      allow_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (options_.record_checks) {
+    // The event id is known before the answer; the event is built and appended after it, from
+    // copies (gRPC may free the request and response once Finish is called).
+    response->set_event_id(NewUuid());
+    const CheckResponse answer = *response;
+    toolgate::v1::Action action;
+    action.set_agent_id(request->action().agent_id());
+    action.set_session_id(request->action().session_id());
+    action.set_tool_name(request->action().tool_name());
+    action.set_tool_type(request->action().tool_type());
+    action.set_operation(request->action().operation());
+    action.set_target_system(request->action().target_system());
+    action.set_initiator_type(request->action().initiator_type());
+    action.set_initiator_id(request->action().initiator_id());
+    reactor->Finish(grpc::Status::OK);
+    Record(action, answer, hash);
+    return reactor;
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r,
+                           const std::string& arguments_hash) {
+  toolgate::v1::Event ev;
+  ev.set_event_id(r.event_id());
+  ev.set_agent_id(a.agent_id());
+  ev.set_session_id(a.session_id());
+  auto* at = ev.mutable_attribution();
+  at->set_tool_type(a.tool_type());
+  at->set_operation(a.operation());
+  at->set_target_system(a.target_system());
+  at->set_initiator_type(a.initiator_type());
+  at->set_initiator_id(a.initiator_id());
+  nlohmann::json payload = {
+      {"approverId", "toolgate-policy"},
+      {"scope", a.tool_name()},
+      {"decision", r.decision() == toolgate::v1::ALLOW  ? "allow"
+                   : r.decision() == toolgate::v1::DENY ? "deny"
+                                                        : "require_approval"},
+      {"reason", r.reason()},
+      {"decisionId", r.decision_id()},
+      {"argumentsHash", arguments_hash},
+  };
+  if (!r.rule_id().empty()) payload["ruleId"] = r.rule_id();
+  if (!r.policy_revision().empty()) payload["policyRevision"] = r.policy_revision();
+  if (r.shadow()) payload["shadowDecision"] = toolgate::v1::Decision_Name(r.shadow_decision());
+  ev.mutable_generic()->set_category("approval");
+  ev.mutable_generic()->set_payload_json(payload.dump());
+  std::vector<normalize::NormalizedEvent> events(1);
+  absl::Status s = normalizer_->Normalize(ev, "check", &events[0]);
+  if (!s.ok()) {
+    audit_failures_.fetch_add(1);
+    LogError("check not recorded", {{"error", std::string(s.message())}});
+    return;
+  }
+  spool_->Append(std::move(events), [this, id = r.decision_id()](const absl::Status& st) {
+    if (!st.ok()) {
+      audit_failures_.fetch_add(1);
+      LogWarn("check not recorded in the audit chain",
+              {{"decision_id", id}, {"error", std::string(st.message())}});
+    }
+  });
+}
+
+CheckStats PolicyService::stats() const {
+  return {allow_.load(), deny_.load(), require_approval_.load(), invalid_.load(),
+          audit_failures_.load()};
+}
+
+}  // namespace toolgate::policy
