@@ -6,6 +6,10 @@
 //       Prints one JSON line: {"acked": N, "seconds": S, "errors": E}.
 //   tg_loadgen unary ADDRESS REQUESTS
 //       REQUESTS sequential Record calls of one event each; prints ack latency percentiles.
+//   tg_loadgen check ADDRESS RATE SECONDS THREADS check|health
+//       Policy.Check (or the standard gRPC health Check, the floor that gRPC itself sets) at a
+//       fixed RATE per second for SECONDS, spread over THREADS connections; each call is sent at
+//       its scheduled time (or at once when late) and timed from its send. Prints percentiles.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -18,7 +22,11 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+
 #include "toolgate/v1/events.grpc.pb.h"
+#include "toolgate/v1/policy.grpc.pb.h"
 
 namespace {
 
@@ -124,6 +132,85 @@ int Unary(const std::string& address, int requests) {
   return 0;
 }
 
+int Check(const std::string& address, int rate, int seconds, int threads, bool health) {
+  std::vector<std::vector<double>> lat(threads);
+  std::atomic<uint64_t> errors{0}, late{0};
+  const auto interval = std::chrono::nanoseconds(1'000'000'000LL * threads / rate);
+  const auto start = Clock::now() + std::chrono::milliseconds(200);
+  const auto end = start + std::chrono::seconds(seconds);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      auto channel = Channel(address, 2000 + t);
+      auto stub = toolgate::v1::Policy::NewStub(channel);
+      grpc::GenericStub generic(channel);
+      toolgate::v1::CheckRequest req;
+      auto* a = req.mutable_action();
+      a->set_agent_id("bench-agent");
+      a->set_session_id("bench-session-" + std::to_string(t));
+      a->set_tool_type("api");
+      a->set_operation("write");
+      a->set_target_system("prod-billing");
+      uint64_t i = 0;
+      auto next = start + interval * t / threads;
+      lat[t].reserve(static_cast<size_t>(rate / threads * seconds + 16));
+      while (next < end) {
+        std::this_thread::sleep_until(next);
+        if (Clock::now() - next > interval) ++late;
+        a->set_tool_name("tool_" + std::to_string(i % 1200));
+        a->set_arguments_json(R"({"amount":)" + std::to_string(i % 2000) +
+                              R"(,"command":"ls -la /tmp","to":"ops@example.com"})");
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        const auto t0 = Clock::now();
+        grpc::Status s;
+        if (health) {
+          grpc::Slice empty(std::string{});  // HealthCheckRequest{} serializes to no bytes
+          grpc::ByteBuffer request(&empty, 1), response;
+          std::mutex mu;
+          std::condition_variable cv;
+          bool done = false;
+          generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                            &response, [&](grpc::Status st) {
+                              std::lock_guard<std::mutex> l(mu);
+                              s = st;
+                              done = true;
+                              cv.notify_one();
+                            });
+          std::unique_lock<std::mutex> l(mu);
+          cv.wait(l, [&] { return done; });
+        } else {
+          toolgate::v1::CheckResponse resp;
+          s = stub->Check(&ctx, req, &resp);
+        }
+        const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+        if (!s.ok()) {
+          ++errors;
+        } else {
+          lat[t].push_back(us);
+        }
+        ++i;
+        next += interval;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  std::sort(all.begin(), all.end());
+  if (all.empty()) {
+    std::printf("{\"calls\": 0, \"errors\": %llu}\n", static_cast<unsigned long long>(errors.load()));
+    return 1;
+  }
+  auto pct = [&](double p) { return all[std::min(all.size() - 1, size_t(p * all.size()))]; };
+  std::printf("{\"calls\": %zu, \"errors\": %llu, \"late\": %llu, \"p50_us\": %.0f, "
+              "\"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
+              all.size(), static_cast<unsigned long long>(errors.load()),
+              static_cast<unsigned long long>(late.load()), pct(0.5), pct(0.99), pct(0.999),
+              all.back());
+  return errors.load() == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -133,8 +220,13 @@ int main(int argc, char** argv) {
                   std::stoi(argv[6]));
   }
   if (mode == "unary" && argc == 4) return Unary(argv[2], std::stoi(argv[3]));
+  if (mode == "check" && argc == 7) {
+    return Check(argv[2], std::stoi(argv[3]), std::stoi(argv[4]), std::stoi(argv[5]),
+                 std::string(argv[6]) == "health");
+  }
   std::fprintf(stderr,
                "usage: tg_loadgen stream ADDRESS CLIENTS EVENTS_PER_CLIENT BATCH WINDOW\n"
-               "       tg_loadgen unary ADDRESS REQUESTS\n");
+               "       tg_loadgen unary ADDRESS REQUESTS\n"
+               "       tg_loadgen check ADDRESS RATE SECONDS THREADS check|health\n");
   return 2;
 }
