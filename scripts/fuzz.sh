@@ -16,7 +16,7 @@ ABSL=$(pkg-config --libs absl_statusor absl_status absl_strings)
 build() {
   local name=$1; shift
   if [ ! -x "$out/${name}_fuzz" ] || [ -n "$(find "$@" -newer "$out/${name}_fuzz" 2>/dev/null)" ]; then
-    "$CXX" "${FLAGS[@]}" "$@" -o "$out/${name}_fuzz" $ABSL -lyaml-cpp -lcrypto
+    "$CXX" "${FLAGS[@]}" "$@" -o "$out/${name}_fuzz" $ABSL $(pkg-config --libs absl_time) -lyaml-cpp -lre2 -lcrypto
   fi
 }
 
@@ -37,7 +37,8 @@ for t in "${targets[@]}"; do
   case $t in
     jcs) build jcs tests/fuzz/jcs_fuzz.cc daemon/normalize/jcs.cc ;;
     config) build config tests/fuzz/config_fuzz.cc daemon/config/config.cc ;;
-    policy) build policy tests/fuzz/policy_fuzz.cc daemon/policy/*.cc ;;
+    policy) build policy tests/fuzz/policy_fuzz.cc daemon/policy/policy.cc daemon/policy/glob.cc \
+              daemon/policy/yaml_tree.cc daemon/policy/rate_state.cc daemon/common/crypto.cc ;;
   esac
   run "$t"
 done

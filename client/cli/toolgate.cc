@@ -21,6 +21,7 @@
 #include "daemon/policy/rate_state.h"
 #include "toolgate/v1/admin.grpc.pb.h"
 #include "toolgate/v1/events.grpc.pb.h"
+#include "toolgate/v1/guardian.grpc.pb.h"
 
 namespace {
 
@@ -41,6 +42,11 @@ Commands:
   export SESSION              the session's stored events as JSON lines
   flush [--timeout-ms N]      ship what is queued now and wait for it
   verify FILE                 check the previousHash chains of a JSON-lines file ("-" = stdin)
+  pending [--status S]        actions waiting for a human (S: pending, approved, rejected,
+                              expired)
+  approve ID [--reason R] [--approver A]
+  reject ID --reason R [--approver A]
+                              decide a pending action (approver default: $USER)
   policy lint FILE            compile a policy; name the line and the problem if it does not
   policy test FILE ACTION.json
                               decide ACTION offline: {"agent_id", "session_id", "tool_name",
@@ -129,9 +135,11 @@ int Status(const Cli& cli) {
   StatusResponse r;
   auto ctx = Ctx();
   if (auto s = stub->Status(ctx.get(), StatusRequest(), &r); !s.ok()) return RpcFailed(s, cli);
+  // A failed store is a problem the caller (a health check, a script) must see in the exit code.
+  const int rc = r.spool_failed() ? kProblem : kOk;
   if (cli.json) {
     std::cout << ToJson(r) << "\n";
-    return kOk;
+    return rc;
   }
   std::string listen;
   for (const auto& l : r.listen()) listen += (listen.empty() ? "" : ", ") + l;
@@ -152,7 +160,13 @@ int Status(const Cli& cli) {
   if (!r.upstream_last_error().empty()) {
     std::printf("  last error:      %s\n", r.upstream_last_error().c_str());
   }
-  return kOk;
+  std::printf("  pending approvals: %llu   policy revision: %s\n",
+              static_cast<unsigned long long>(r.pending_approvals()),
+              r.policy_revision().empty() ? "(none)" : r.policy_revision().c_str());
+  if (r.spool_failed()) {
+    std::printf("  SPOOL FAILED: the store refuses writes; see the daemon's log and restart it\n");
+  }
+  return rc;
 }
 
 int Send(Cli cli) {
@@ -341,6 +355,74 @@ int Verify(const Cli& cli) {
   return report.ok() ? kOk : kProblem;
 }
 
+int Pending(Cli cli) {
+  ListPendingRequest req;
+  std::string status;
+  if (TakeFlag(&cli.args, "--status", &status)) {
+    PendingStatus st;
+    std::string upper = status;
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (!PendingStatus_Parse(upper, &st)) {
+      std::fprintf(stderr, "toolgate pending: --status must be pending, approved, rejected or "
+                           "expired\n");
+      return kUsage;
+    }
+    req.set_status(st);
+  }
+  auto stub = toolgate::v1::Guardian::NewStub(Connect(cli));
+  auto ctx = Ctx();
+  ListPendingResponse resp;
+  if (auto s = stub->ListPending(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(resp) << "\n";
+    return kOk;
+  }
+  std::printf("%-36s %-9s %-18s %-16s %-20s %s\n", "ID", "STATUS", "TOOL", "AGENT", "RULE",
+              "EXPIRES");
+  for (const auto& a : resp.actions()) {
+    std::string st = PendingStatus_Name(a.status());
+    for (char& c : st) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::printf("%-36s %-9s %-18s %-16s %-20s %s\n", a.id().c_str(), st.c_str(),
+                a.action().tool_name().c_str(), a.action().agent_id().c_str(),
+                a.rule_id().c_str(), a.expires_at().c_str());
+  }
+  return kOk;
+}
+
+int DecideCmd(Cli cli, bool approve) {
+  const char* verb = approve ? "approve" : "reject";
+  std::string reason, approver;
+  TakeFlag(&cli.args, "--reason", &reason);
+  if (!TakeFlag(&cli.args, "--approver", &approver)) {
+    const char* user = std::getenv("USER");
+    approver = user && *user ? user : "cli";
+  }
+  if (cli.args.size() != 1) {
+    std::fprintf(stderr, "toolgate %s: needs one pending action ID\n", verb);
+    return kUsage;
+  }
+  if (!approve && reason.empty()) {
+    std::fprintf(stderr, "toolgate reject: --reason is required\n");
+    return kUsage;
+  }
+  auto stub = toolgate::v1::Guardian::NewStub(Connect(cli));
+  auto ctx = Ctx();
+  DecideRequest req;
+  req.set_id(cli.args[0]);
+  req.set_approve(approve);
+  req.set_reason(reason);
+  req.set_approver_id(approver);
+  DecideResponse resp;
+  if (auto s = stub->Decide(ctx.get(), req, &resp); !s.ok()) return RpcFailed(s, cli);
+  if (cli.json) {
+    std::cout << ToJson(resp) << "\n";
+  } else {
+    std::printf("%s %s by %s\n", resp.action().id().c_str(), approve ? "approved" : "rejected",
+                approver.c_str());
+  }
+  return kOk;
+}
+
 std::string ReadFile(const std::string& path, bool* ok) {
   std::ifstream in(path, std::ios::binary);
   *ok = static_cast<bool>(in);
@@ -490,6 +572,9 @@ int main(int argc, char** argv) {
   if (cmd == "flush") return Flush(cli);
   if (cmd == "verify") return Verify(cli);
   if (cmd == "policy") return Policy(cli);
+  if (cmd == "pending") return Pending(cli);
+  if (cmd == "approve") return DecideCmd(cli, true);
+  if (cmd == "reject") return DecideCmd(cli, false);
   std::fprintf(stderr, "toolgate: unknown command '%s'\n\n%s", cmd.c_str(), kUsageText);
   return kUsage;
 }

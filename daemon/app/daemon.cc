@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -23,6 +25,8 @@
 #include "daemon/app/admin_service.h"
 #include "daemon/common/clock.h"
 #include "daemon/common/log.h"
+#include "daemon/guardian/guardian.h"
+#include "daemon/guardian/guardian_service.h"
 #include "daemon/ingest/events_service.h"
 #include "daemon/normalize/normalizer.h"
 #include "daemon/policy/policy_service.h"
@@ -79,10 +83,16 @@ struct Daemon::Impl {
   std::unique_ptr<ingest::EventsService> events;
   std::unique_ptr<AdminService> admin;
   std::unique_ptr<policy::PolicySource> policies;
+  std::unique_ptr<guardian::Guardian> guardian;
+  std::unique_ptr<guardian::GuardianService> guardian_service;
   std::unique_ptr<policy::PolicyService> policy_service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
+  std::thread watchdog_thread;
+  std::mutex watchdog_mu;
+  std::condition_variable watchdog_cv;
+  bool watchdog_stop = false;  // guarded by watchdog_mu
   std::vector<std::string> listening;
   bool shut_down = false;
 
@@ -113,7 +123,8 @@ struct Daemon::Impl {
     } else {
       r->set_upstream_state("unconfigured");
     }
-    if (s.failed) r->set_upstream_last_error("spool failed: refusing writes (see logs)");
+    r->set_spool_failed(s.failed);
+    r->set_pending_approvals(guardian->pending());
   }
 
   std::string Metrics() {
@@ -157,6 +168,8 @@ struct Daemon::Impl {
     f.push_back(Family("toolgate_check_audit_failures_total",
                        "Checks answered but not recorded in the audit chain.",
                        MetricType::Counter, cs.audit_failures));
+    f.push_back(Family("toolgate_guardian_pending", "Actions waiting for a human decision.",
+                       MetricType::Gauge, guardian->pending()));
     f.push_back(Family("toolgate_policy_reloads_total", "Policy files taken.",
                        MetricType::Counter, policies->reloads()));
     f.push_back(Family("toolgate_policy_reload_failures_total",
@@ -255,9 +268,39 @@ absl::Status Daemon::Start() {
 
   d.events = std::make_unique<ingest::EventsService>(cfg.ingest, d.normalizer.get(),
                                                      d.spool.get(), cfg.spool.retry_after);
+  // Every guardian decision (approved, rejected, expired) is an approval event in the chain.
+  auto record_decision = [&d](const guardian::PendingAction& a) {
+    toolgate::v1::Event ev;
+    ev.set_agent_id(a.action().agent_id());
+    ev.set_session_id(a.action().session_id());
+    auto* ap = ev.mutable_approval();
+    ap->set_approver_id(a.approver_id());
+    ap->set_scope(a.action().tool_name());
+    ap->set_decision(a.status() == toolgate::v1::APPROVED   ? "approved"
+                     : a.status() == toolgate::v1::REJECTED ? "rejected"
+                                                            : "expired");
+    ap->set_reason(a.decision_reason());
+    ap->set_pending_action_id(a.id());
+    std::vector<normalize::NormalizedEvent> events(1);
+    if (absl::Status s = d.normalizer->Normalize(ev, "decision", &events[0]); !s.ok()) {
+      LogError("decision not recorded", {{"id", a.id()}, {"error", std::string(s.message())}});
+      return;
+    }
+    d.spool->Append(std::move(events), [id = a.id()](const absl::Status& st) {
+      if (!st.ok()) {
+        LogError("decision not recorded in the audit chain",
+                 {{"id", id}, {"error", std::string(st.message())}});
+      }
+    });
+  };
+  auto guardian = guardian::Guardian::Open((fs::path(cfg.data_dir) / "guardian.db").string(),
+                                           d.clock, record_decision);
+  if (!guardian.ok()) return guardian.status();
+  d.guardian = std::move(*guardian);
+  d.guardian_service = std::make_unique<guardian::GuardianService>(d.guardian.get());
   d.policy_service = std::make_unique<policy::PolicyService>(
       cfg.policy, cfg.ingest.max_argument_bytes, d.policies.get(), d.normalizer.get(),
-      d.spool.get(), d.clock);
+      d.spool.get(), d.guardian.get(), d.clock);
   d.admin = std::make_unique<AdminService>(
       d.spool.get(), [&d](toolgate::v1::StatusResponse* r) { d.FillStatus(r); },
       [&d] {
@@ -285,6 +328,7 @@ absl::Status Daemon::Start() {
   builder.RegisterService(d.events.get());
   builder.RegisterService(d.admin.get());
   builder.RegisterService(d.policy_service.get());
+  builder.RegisterService(d.guardian_service.get());
   d.server = builder.BuildAndStart();
   if (!d.server || (!cfg.listen.empty() && tcp_port == 0)) {
     return absl::UnavailableError(absl::StrCat(
@@ -300,6 +344,10 @@ absl::Status Daemon::Start() {
     d.listening.push_back("unix:" + cfg.socket);
   }
   d.server->GetHealthCheckService()->SetServingStatus(true);
+  // A failed store cannot take events: tell the health service (probes, load balancers).
+  d.spool->SetFailureListener([&d] {
+    if (d.server) d.server->GetHealthCheckService()->SetServingStatus(false);
+  });
   d.policies->StartWatching();
   if (absl::Status s = d.StartHttp(); !s.ok()) return s;
 
@@ -316,6 +364,21 @@ absl::Status Daemon::Start() {
   if (d.http) fields["http"] = d.listening.back();
   LogInfo("toolgated started", fields);
   Notify("READY=1");
+#ifdef TOOLGATE_HAVE_SYSTEMD
+  // systemd's watchdog: ping at half the interval while the store is healthy, so a wedged or
+  // failed daemon is restarted by WatchdogSec=.
+  uint64_t usec = 0;
+  if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+    d.watchdog_thread = std::thread([&d, usec] {
+      std::unique_lock<std::mutex> l(d.watchdog_mu);
+      while (!d.watchdog_cv.wait_for(l, std::chrono::microseconds(usec / 2),
+                                     [&d] { return d.watchdog_stop; })) {
+        if (!d.spool->stats().failed) sd_notify(0, "WATCHDOG=1");
+      }
+    });
+    LogInfo("systemd watchdog enabled", {{"interval_ms", usec / 1000}});
+  }
+#endif
   return absl::OkStatus();
 }
 
@@ -344,6 +407,12 @@ void Daemon::Shutdown() {
   if (d.shut_down) return;
   d.shut_down = true;
   Notify("STOPPING=1");
+  {
+    std::lock_guard<std::mutex> l(d.watchdog_mu);
+    d.watchdog_stop = true;
+  }
+  d.watchdog_cv.notify_all();
+  if (d.watchdog_thread.joinable()) d.watchdog_thread.join();
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + d.cfg.shutdown_timeout;
   if (d.server) {
@@ -352,6 +421,7 @@ void Daemon::Shutdown() {
     d.server->Wait();
   }
   if (d.policies) d.policies->Stop();
+  if (d.guardian) d.guardian->Close();
   if (d.shipper) d.shipper->Stop(deadline);
   if (d.spool) d.spool->Close();
   if (d.http) {

@@ -16,7 +16,10 @@
 //       daemon/common/crypto.cc -lyaml-cpp -lre2 -lcrypto
 //       $(pkg-config --libs absl_time absl_statusor absl_status absl_strings) -lpthread
 //       -o /tmp/engine_bench
-//   /tmp/engine_bench [samples per size, default 300000]
+//   /tmp/engine_bench [samples per size, default 300000] [--dense]
+// --dense keeps the vocabulary at 10 services whatever the policy size, so that the glob buckets
+// ("github_*") and the operation buckets grow with the rule count: a stress case, not a
+// realistic policy.
 
 #include <algorithm>
 #include <chrono>
@@ -133,9 +136,9 @@ struct Result {
   double compile_ms;
 };
 
-Result Run(int n, int samples) {
+Result Run(int n, int samples, bool dense) {
   std::mt19937 rng(1234 + n);
-  const Vocabulary vocabulary{std::max(10, n / 10)};
+  const Vocabulary vocabulary{dense ? 10 : std::max(10, n / 10)};
   std::vector<std::string> tools;
   const std::string text = GeneratePolicy(n, vocabulary, &rng, &tools);
   const auto c0 = std::chrono::steady_clock::now();
@@ -200,10 +203,19 @@ Result Run(int n, int samples) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int samples = argc > 1 ? std::max(1000, std::atoi(argv[1])) : 300'000;
+  int samples = 300'000;
+  bool dense = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--dense") {
+      dense = true;
+    } else {
+      samples = std::max(1000, std::atoi(argv[i]));
+    }
+  }
+  if (dense) std::printf("dense: 10 services whatever the size (buckets grow with the rules)\n");
   double p50_1000 = 0, p99_1000 = 0, p999_1000 = 0;
   for (int n : {100, 1000, 10000}) {
-    const Result r = Run(n, samples);
+    const Result r = Run(n, samples, dense);
     std::printf(
         "rules=%-6d evaluate p50=%.0fns p90=%.0fns p99=%.0fns p99.9=%.0fns mean=%.0fns "
         "(compile %.1f ms)\n",

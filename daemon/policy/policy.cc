@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "daemon/common/crypto.h"
 #include "daemon/policy/glob.h"
+#include "daemon/policy/key_table.h"
 #include "daemon/policy/yaml_tree.h"
 
 namespace toolgate::policy {
@@ -54,8 +55,8 @@ constexpr std::string_view kFieldNames[kNumFields] = {
     "agent_id",      "tool_name",      "tool_type",   "operation",
     "target_system", "initiator_type", "initiator_id"};
 
-// The condition a rule is filed under in the index: the first of these it has, preferring
-// conditions whose every pattern is indexable (see ChooseIndexField).
+// The order in which a rule's conditions are considered for filing it in the index (ties go to
+// the earlier one; see ChooseIndexField).
 constexpr Field kIndexPriority[] = {kToolName, kAgentId,     kOperation,    kTargetSystem,
                                     kToolType, kInitiatorId, kInitiatorType};
 
@@ -409,11 +410,9 @@ struct IndexEntry {
 
 struct FieldIndex {
   // Keys view strings owned by the compiled rules (which never move once indexed).
-  std::unordered_map<std::string_view, std::vector<IndexEntry>> exact;
-  std::unordered_map<std::string_view, std::vector<IndexEntry>> prefix;
-  std::unordered_map<std::string_view, std::vector<IndexEntry>> suffix;
-  std::vector<size_t> prefix_lengths;  // distinct key lengths of `prefix`, ascending
-  std::vector<size_t> suffix_lengths;
+  KeyTable<IndexEntry> exact;    // plain values
+  KeyTable<IndexEntry> prefix;   // globs by their literal prefix
+  KeyTable<IndexEntry> suffix;   // globs without a literal prefix, by their literal suffix
   std::vector<IndexEntry> scan;  // globs with neither a literal prefix nor suffix
 
   bool empty() const { return exact.empty() && prefix.empty() && suffix.empty() && scan.empty(); }
@@ -456,12 +455,12 @@ bool Indexable(const StringMatcher& m) {
 size_t BucketLoad(const FieldIndex& fi, const StringMatcher& m) {
   size_t load = 0;
   for (const Glob& g : m.patterns()) {
-    const auto& map = g.is_literal()                ? fi.exact
-                      : !g.literal_prefix().empty() ? fi.prefix
-                                                    : fi.suffix;
+    const auto& table = g.is_literal()                ? fi.exact
+                        : !g.literal_prefix().empty() ? fi.prefix
+                                                      : fi.suffix;
     const std::string& key =
         g.is_literal() || !g.literal_prefix().empty() ? g.literal_prefix() : g.literal_suffix();
-    if (auto it = map.find(key); it != map.end()) load += it->second.size();
+    if (const auto* list = table.Get(key)) load += list->size();
   }
   return load;
 }
@@ -488,11 +487,6 @@ int ChooseIndexField(const CompiledRule& r, const FieldIndex* index) {
   return best >= 0 ? best : fallback;
 }
 
-void SortedInsert(std::vector<size_t>* v, size_t x) {
-  auto it = std::lower_bound(v->begin(), v->end(), x);
-  if (it == v->end() || *it != x) v->insert(it, x);
-}
-
 }  // namespace
 
 void RuleSet::Impl::BuildIndex() {
@@ -512,19 +506,20 @@ void RuleSet::Impl::BuildIndex() {
     for (uint32_t p = 0; p < patterns.size(); ++p) {
       const Glob& g = patterns[p];
       if (g.is_literal()) {
-        fi.exact[g.literal_prefix()].push_back({r, p, single});
+        fi.exact.At(g.literal_prefix()).push_back({r, p, single});
       } else if (!g.literal_prefix().empty()) {
-        fi.prefix[g.literal_prefix()].push_back({r, p, single && g.is_prefix_only()});
-        SortedInsert(&fi.prefix_lengths, g.literal_prefix().size());
+        fi.prefix.At(g.literal_prefix()).push_back({r, p, single && g.is_prefix_only()});
       } else if (!g.literal_suffix().empty()) {
-        fi.suffix[g.literal_suffix()].push_back({r, p, single && g.is_suffix_only()});
-        SortedInsert(&fi.suffix_lengths, g.literal_suffix().size());
+        fi.suffix.At(g.literal_suffix()).push_back({r, p, single && g.is_suffix_only()});
       } else {
         fi.scan.push_back({r, p, false});
       }
     }
   }
   for (int f = 0; f < kNumFields; ++f) {
+    index[f].exact.Finish(/*backward=*/false);
+    index[f].prefix.Finish(/*backward=*/false);
+    index[f].suffix.Finish(/*backward=*/true);
     if (!index[f].empty()) indexed_fields.push_back(f);
   }
 }
@@ -574,19 +569,32 @@ class Evaluation {
     for (int f : set_.indexed_fields) {
       const FieldIndex& fi = set_.index[f];
       const std::string_view v = FieldValue(a_, f);
-      if (!fi.exact.empty()) {
-        if (auto it = fi.exact.find(v); it != fi.exact.end()) Visit(it->second, f, v);
-      }
-      for (size_t len : fi.prefix_lengths) {
-        if (len > v.size()) break;
-        if (auto it = fi.prefix.find(v.substr(0, len)); it != fi.prefix.end()) {
-          Visit(it->second, f, v);
+      using Table = KeyTable<IndexEntry>;
+      // One pass over the value hashes all its prefixes; the last one is the value itself.
+      uint64_t h = Table::kSeed;
+      const std::vector<size_t>& prefix_lengths = fi.prefix.lengths();
+      size_t next = 0;
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (next == prefix_lengths.size() && fi.exact.empty()) break;
+        h = Table::Step(h, static_cast<unsigned char>(v[i]));
+        if (next < prefix_lengths.size() && i + 1 == prefix_lengths[next]) {
+          ++next;
+          if (const auto* list = fi.prefix.Find(v.substr(0, i + 1), h)) Visit(*list, f, v);
         }
       }
-      for (size_t len : fi.suffix_lengths) {
-        if (len > v.size()) break;
-        if (auto it = fi.suffix.find(v.substr(v.size() - len)); it != fi.suffix.end()) {
-          Visit(it->second, f, v);
+      if (!fi.exact.empty()) {  // then the loop above ran to the end: h is the value's hash
+        if (const auto* list = fi.exact.Find(v, h)) Visit(*list, f, v);
+      }
+      const std::vector<size_t>& suffix_lengths = fi.suffix.lengths();
+      h = Table::kSeed;
+      next = 0;
+      for (size_t i = 0; i < v.size() && next < suffix_lengths.size(); ++i) {
+        h = Table::Step(h, static_cast<unsigned char>(v[v.size() - 1 - i]));
+        if (i + 1 == suffix_lengths[next]) {
+          ++next;
+          if (const auto* list = fi.suffix.Find(v.substr(v.size() - i - 1), h)) {
+            Visit(*list, f, v);
+          }
         }
       }
       Visit(fi.scan, f, v);

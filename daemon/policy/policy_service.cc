@@ -1,5 +1,9 @@
 #include "daemon/policy/policy_service.h"
 
+#include <pthread.h>
+
+#include <deque>
+
 #include <nlohmann/json.hpp>
 
 #include "daemon/common/crypto.h"
@@ -24,13 +28,25 @@ toolgate::v1::Decision ToProto(Effect effect) {
 
 PolicyService::PolicyService(config::PolicyOptions options, uint64_t max_argument_bytes,
                              PolicySource* source, const normalize::Normalizer* normalizer,
-                             spool::Spool* spool, Clock* clock)
+                             spool::Spool* spool, guardian::Guardian* guardian, Clock* clock)
     : options_(std::move(options)),
       max_argument_bytes_(max_argument_bytes),
       source_(source),
       normalizer_(normalizer),
       spool_(spool),
-      clock_(clock) {}
+      clock_(clock),
+      guardian_(guardian) {
+  heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+}
+
+PolicyService::~PolicyService() {
+  {
+    std::lock_guard<std::mutex> l(waits_mu_);
+    stopping_ = true;
+  }
+  waits_cv_.notify_all();
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
 
 absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse* response,
                                    std::string* arguments_hash) {
@@ -78,6 +94,17 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
     response->set_shadow(true);
     response->set_shadow_decision(ToProto(d.shadow_effect));
   }
+  if (d.effect == Effect::kRequireApproval && guardian_ != nullptr) {
+    // With `default: require_approval` no rule decided: the rule defaults apply (5m, deny).
+    const Rule defaults;
+    const Rule& rule = d.rule != nullptr ? *d.rule : defaults;
+    auto pending = guardian_->Create(a, *arguments_hash, std::string(d.rule_id),
+                                     std::string(d.reason), rule.approval_timeout,
+                                     ToProto(rule.on_timeout));
+    if (!pending.ok()) return pending.status();
+    response->set_pending_action_id(pending->id());
+    response->set_expires_at(pending->expires_at());
+  }
   return absl::OkStatus();
 }
 
@@ -88,8 +115,8 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
   std::string hash;
   absl::Status s = Decide(request->action(), response, &hash);
   if (!s.ok()) {
-    invalid_.fetch_add(1, std::memory_order_relaxed);
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(s.message())));
+    if (absl::IsInvalidArgument(s)) invalid_.fetch_add(1, std::memory_order_relaxed);
+    reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message())));
     return reactor;
   }
   switch (response->decision()) {
@@ -165,6 +192,161 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
               {{"decision_id", id}, {"error", std::string(st.message())}});
     }
   });
+}
+
+// One WaitForDecision call. The guardian's waiter and the heartbeat thread reach the reactor
+// only through this state and only while `reactor` is set; OnDone clears it under `mu` before
+// the reactor is deleted.
+struct PolicyService::WaitState {
+  std::mutex mu;
+  grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* reactor = nullptr;  // guarded by mu
+  std::deque<toolgate::v1::WaitUpdate> queue;                              // guarded by mu
+  toolgate::v1::WaitUpdate current;                                        // guarded by mu
+  bool writing = false, final_queued = false, finished = false;           // guarded by mu
+  std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
+  std::chrono::milliseconds heartbeat{5000};
+  std::string id;
+  uint64_t token = 0;
+
+  // Requires mu.
+  void WriteNextLocked() {
+    if (reactor == nullptr || writing || finished) return;
+    if (queue.empty()) {
+      if (final_queued) {
+        finished = true;
+        reactor->Finish(grpc::Status::OK);
+      }
+      return;
+    }
+    current = std::move(queue.front());
+    queue.pop_front();
+    writing = true;
+    last_write = std::chrono::steady_clock::now();
+    reactor->StartWrite(&current);
+  }
+};
+
+namespace {
+
+toolgate::v1::WaitUpdate FinalUpdate(const guardian::PendingAction& a) {
+  toolgate::v1::WaitUpdate u;
+  u.set_pending_action_id(a.id());
+  u.set_status(a.status());
+  const bool allowed = a.status() == toolgate::v1::APPROVED ||
+                       (a.status() == toolgate::v1::EXPIRED && a.on_timeout() == toolgate::v1::ALLOW);
+  u.set_decision(allowed ? toolgate::v1::ALLOW : toolgate::v1::DENY);
+  u.set_approver_id(a.approver_id());
+  u.set_reason(a.decision_reason());
+  u.set_decided_at(a.decided_at());
+  return u;
+}
+
+class WaitReactor final : public grpc::ServerWriteReactor<toolgate::v1::WaitUpdate> {
+ public:
+  WaitReactor(std::shared_ptr<PolicyService::WaitState> state, std::function<void()> on_done)
+      : state_(std::move(state)), on_done_(std::move(on_done)) {}
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> l(state_->mu);
+    state_->writing = false;
+    if (!ok) {
+      if (!state_->finished) {
+        state_->finished = true;
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      }
+      return;
+    }
+    state_->WriteNextLocked();
+  }
+  void OnDone() override {
+    {
+      std::lock_guard<std::mutex> l(state_->mu);
+      state_->reactor = nullptr;
+    }
+    on_done_();
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<PolicyService::WaitState> state_;
+  std::function<void()> on_done_;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* PolicyService::WaitForDecision(
+    grpc::CallbackServerContext* ctx, const toolgate::v1::WaitRequest* request) {
+  auto state = std::make_shared<WaitState>();
+  state->id = request->pending_action_id();
+  if (request->heartbeat_ms() > 0) {
+    state->heartbeat = std::chrono::milliseconds(std::max<uint32_t>(request->heartbeat_ms(), 50));
+  }
+  auto* reactor = new WaitReactor(state, [this, state] {
+    if (state->token != 0 && guardian_ != nullptr) guardian_->CancelWait(state->token);
+    std::lock_guard<std::mutex> l(waits_mu_);
+    waits_.erase(state);
+  });
+  std::lock_guard<std::mutex> l(state->mu);
+  state->reactor = reactor;
+  if (state->id.empty() || guardian_ == nullptr) {
+    state->finished = true;
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "pending_action_id: required"));
+    return reactor;
+  }
+  // The guardian may call the waiter at once (decided already): not under state->mu.
+  state->mu.unlock();
+  auto token = guardian_->Wait(state->id, [state](const guardian::PendingAction& a) {
+    std::lock_guard<std::mutex> wl(state->mu);
+    if (state->final_queued) return;
+    state->queue.push_back(FinalUpdate(a));
+    state->final_queued = true;
+    state->WriteNextLocked();
+  });
+  state->mu.lock();
+  if (!token.ok()) {
+    state->queue.clear();
+    if (!state->finished) {
+      state->finished = true;
+      reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(token.status().code()),
+                                   std::string(token.status().message())));
+    }
+    return reactor;
+  }
+  state->token = *token;
+  if (!state->final_queued) {
+    // Still pending: say so at once, then heartbeats until the waiter pushes the decision.
+    toolgate::v1::WaitUpdate hello;
+    hello.set_pending_action_id(state->id);
+    hello.set_status(toolgate::v1::PENDING);
+    hello.set_heartbeat(true);
+    state->queue.push_front(std::move(hello));
+  }
+  {
+    std::lock_guard<std::mutex> wl(waits_mu_);
+    waits_.insert(state);
+  }
+  state->WriteNextLocked();
+  return reactor;
+}
+
+void PolicyService::HeartbeatLoop() {
+  pthread_setname_np(pthread_self(), "tg-heartbeat");
+  std::unique_lock<std::mutex> l(waits_mu_);
+  while (!waits_cv_.wait_for(l, std::chrono::milliseconds(50), [this] { return stopping_; })) {
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& state : waits_) {
+      std::lock_guard<std::mutex> sl(state->mu);
+      if (state->reactor == nullptr || state->final_queued || state->writing ||
+          now - state->last_write < state->heartbeat) {
+        continue;
+      }
+      toolgate::v1::WaitUpdate hb;
+      hb.set_pending_action_id(state->id);
+      hb.set_status(toolgate::v1::PENDING);
+      hb.set_heartbeat(true);
+      state->queue.push_back(std::move(hb));
+      state->WriteNextLocked();
+    }
+  }
 }
 
 CheckStats PolicyService::stats() const {

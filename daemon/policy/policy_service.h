@@ -7,17 +7,25 @@
 // delay the answer, and an append that fails (spool full) is logged and counted in
 // toolgate_check_audit_failures_total rather than turning an answer into an error.
 //
-// REQUIRE_APPROVAL is answered as such; holding the action pending for a guardian
-// (WaitForDecision) is not built yet and answers UNIMPLEMENTED.
+// REQUIRE_APPROVAL holds the action pending in the guardian (with the rule's approval_timeout
+// and on_timeout) and answers with its id; WaitForDecision streams heartbeats until the decision
+// lands, then the decision, pushed the moment it is made (no polling). Creating the pending
+// action writes one row to guardian.db on the gRPC thread: a rare path, accepted for now.
 //
 // Thread-safe.
 #ifndef TOOLGATE_DAEMON_POLICY_POLICY_SERVICE_H_
 #define TOOLGATE_DAEMON_POLICY_POLICY_SERVICE_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "daemon/common/clock.h"
 #include "daemon/config/config.h"
+#include "daemon/guardian/guardian.h"
 #include "daemon/normalize/normalizer.h"
 #include "daemon/policy/policy_source.h"
 #include "daemon/policy/rate_state.h"
@@ -33,11 +41,15 @@ struct CheckStats {
 class PolicyService final : public toolgate::v1::Policy::CallbackService {
  public:
   PolicyService(config::PolicyOptions options, uint64_t max_argument_bytes, PolicySource* source,
-                const normalize::Normalizer* normalizer, spool::Spool* spool, Clock* clock);
+                const normalize::Normalizer* normalizer, spool::Spool* spool,
+                guardian::Guardian* guardian, Clock* clock);
+  ~PolicyService() override;
 
   grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* ctx,
                                   const toolgate::v1::CheckRequest* request,
                                   toolgate::v1::CheckResponse* response) override;
+  grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* WaitForDecision(
+      grpc::CallbackServerContext* ctx, const toolgate::v1::WaitRequest* request) override;
 
   // Decides without RPC or audit (also used by `toolgate policy test` through the same code).
   absl::Status Decide(const toolgate::v1::Action& action, toolgate::v1::CheckResponse* response,
@@ -49,13 +61,25 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   void Record(const toolgate::v1::Action& action, const toolgate::v1::CheckResponse& response,
               const std::string& arguments_hash);
 
+ public:
+  struct WaitState;  // one WaitForDecision call; shared with the guardian's waiter
+
+ private:
+  void HeartbeatLoop();
+
   const config::PolicyOptions options_;
   const uint64_t max_argument_bytes_;
   PolicySource* const source_;
   const normalize::Normalizer* const normalizer_;
   spool::Spool* const spool_;
   Clock* const clock_;
+  guardian::Guardian* const guardian_;
   RateState rate_state_;
+  std::mutex waits_mu_;
+  std::condition_variable waits_cv_;
+  std::set<std::shared_ptr<WaitState>> waits_;  // guarded by waits_mu_
+  bool stopping_ = false;                        // guarded by waits_mu_
+  std::thread heartbeat_;
   std::atomic<uint64_t> allow_{0}, deny_{0}, require_approval_{0}, invalid_{0};
   std::atomic<uint64_t> audit_failures_{0};
 };

@@ -521,7 +521,8 @@ TEST(RateLimitTest, SlidingWindowWeighsThePreviousWindow) {
 TEST(RateLimitTest, AgentAndGlobalScopes) {
   auto set = MustCompile(R"(
 rules:
-  - {id: per-agent, effect: deny, match: {tool_name: a}, rate_limit: {max: 1, per: 1h, scope: agent}}
+  - {id: per-agent, effect: deny, match: {tool_name: a},
+     rate_limit: {max: 1, per: 1h, scope: agent}}
   - {id: global, effect: require_approval, match: {tool_name: b},
      rate_limit: {max: 1, per: 1h, scope: global}}
 )");
@@ -625,24 +626,37 @@ TEST(RateStateTest, IdleCountersAreDropped) {
   EXPECT_GE(state.evicted(), 1u);
 }
 
-TEST(RateStateTest, ConcurrentCountingIsExact) {
-  auto set = MustCompile(
-      "rules:\n  - {id: b, effect: deny, match: {tool_name: x}, budget: {max: 1000, scope: "
-      "global}}\n");
+TEST(RateStateTest, ConcurrentEvaluationCountsExactly) {
+  // Four threads share one RuleSet and one RateState; the regex and the time window exercise
+  // RE2's shared cache and the time zone under concurrency too (run it under TSan).
+  auto set = MustCompile(R"(
+rules:
+  - {id: b, effect: deny, match: {tool_name: x}, budget: {max: 1000, scope: global}}
+  - id: r
+    effect: require_approval
+    shadow: true
+    match: {tool_name: "x*", arguments: [{pointer: /command, regex: "rm\\s+-rf"}]}
+    time_window: {timezone: Europe/Paris, days: [mon-sun]}
+)");
   RateState state;
+  const Json args = Json::parse(R"({"command": "rm -rf /tmp/x"})");
   std::atomic<int> allowed{0};
+  std::atomic<int> shadowed{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      Action a = ToolCall("x");
+      Action a = ToolCall("x", &args);
       a.session_id = absl::StrCat("s", t);
       for (int i = 0; i < 1000; ++i) {
-        if (set->Evaluate(a, &state, kNow).effect == Effect::kAllow) ++allowed;
+        const Decision d = set->Evaluate(a, &state, kNow);
+        if (d.effect == Effect::kAllow) ++allowed;
+        if (d.shadow_rule_id == "r") ++shadowed;
       }
     });
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(allowed.load(), 1000);
+  EXPECT_EQ(shadowed.load(), 4000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -699,15 +713,15 @@ rules:
 
 TEST(IndexTest, AgreesWithBruteForceOnRandomPolicies) {
   std::mt19937 rng(42);
-  const std::vector<std::string> tools = {"shell",    "shell_exec", "sh",        "bash",
-                                          "db_query", "db_delete",  "s3_delete", "send_email",
-                                          "",         "x"};
-  const std::vector<std::string> patterns = {"shell",    "sh*",   "*_delete", "db_*", "*",
-                                             "?ash",     "[sb]*", "*e*",      "x",    "send_email",
-                                             "db_query", "*sh*",  ""};
+  const std::vector<std::string> tools = {"shell",    "shell_exec", "sh",          "bash",
+                                          "db_query", "db_delete",  "s3_delete",   "send_email",
+                                          "",         "x",          "shell_query", "dbsend_mail"};
+  const std::vector<std::string> patterns = {
+      "shell",      "sh*",      "*_delete", "db_*", "*",       "?ash",   "[sb]*",   "*e*",  "x",
+      "send_email", "db_query", "*sh*",     "",     "shell_*", "send_*", "*_query", "*ete", "s*l"};
   const std::vector<std::string> ops = {"read", "delete", ""};
   const char* effects[] = {"allow", "deny", "require_approval"};
-  for (int round = 0; round < 200; ++round) {
+  for (int round = 0; round < 500; ++round) {
     struct R {
       std::vector<std::string> tool, op;
       Effect effect;
@@ -946,13 +960,106 @@ TEST(CompileTest, OversizedInputIsRejected) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The worked examples of docs/policy.md behave as the page says.
+
+Effect Decide(const RuleSet& set, const std::string& tool, const char* args_json,
+              const char* tool_type = "", const char* operation = "", const char* target = "") {
+  const Json args = Json::parse(args_json);
+  Action a = ToolCall(tool, &args);
+  a.tool_type = tool_type;
+  a.operation = operation;
+  a.target_system = target;
+  return set.Evaluate(a, nullptr, kNow).effect;
+}
+
+TEST(DocsExamplesTest, ShellCommands) {
+  auto set = MustCompile(R"(
+rules:
+  - id: deny-rm-rf
+    effect: deny
+    reason: recursive delete
+    match:
+      tool_type: shell
+      arguments:
+        - {pointer: /command, regex: '\brm\s+(-\S+\s+)*(-[a-zA-Z]*[rR]|--recursive)'}
+  - id: approve-sudo
+    effect: require_approval
+    reason: privileged command
+    approval_timeout: 10m
+    on_timeout: deny
+    match:
+      tool_type: shell
+      arguments:
+        - {pointer: /command, regex: '(^|[;&|]\s*)sudo\b'}
+)");
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "sudo rm -rf /"})", "shell"), Effect::kDeny);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "rm -fr build"})", "shell"), Effect::kDeny);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "rm -r -f x"})", "shell"), Effect::kDeny);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "rm -f --recursive x"})", "shell"), Effect::kDeny);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "rm -f notes.txt"})", "shell"), Effect::kAllow);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "cd /; sudo ls"})", "shell"),
+            Effect::kRequireApproval);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "echo pseudosudo"})", "shell"), Effect::kAllow);
+  EXPECT_EQ(Decide(*set, "bash", R"({"command": "rm -rf /"})", "http"), Effect::kAllow);
+}
+
+TEST(DocsExamplesTest, PaymentsEmailAndProductionDeletes) {
+  auto payments = MustCompile(R"(
+rules:
+  - id: approve-large-payments
+    effect: require_approval
+    match:
+      tool_name: ["stripe_create_payment", "pay_*"]
+      arguments:
+        - {pointer: /amount, ">": 1000}
+  - id: deny-payments-without-amount
+    effect: deny
+    match:
+      tool_name: ["stripe_create_payment", "pay_*"]
+      arguments:
+        - {pointer: /amount, exists: false}
+)");
+  EXPECT_EQ(Decide(*payments, "pay_invoice", R"({"amount": 2500})"), Effect::kRequireApproval);
+  EXPECT_EQ(Decide(*payments, "pay_invoice", R"({"amount": "2500"})"), Effect::kRequireApproval);
+  EXPECT_EQ(Decide(*payments, "pay_invoice", R"({"amount": 999})"), Effect::kAllow);
+  EXPECT_EQ(Decide(*payments, "pay_invoice", R"({})"), Effect::kDeny);
+
+  auto email = MustCompile(R"(
+rules:
+  - id: approve-external-email
+    effect: require_approval
+    match:
+      tool_name: [send_email, gmail_send]
+      arguments:
+        - {pointer: /to, not_regex: '@(example\.com|example\.org)$'}
+)");
+  EXPECT_EQ(Decide(*email, "send_email", R"({"to": "boss@example.com"})"), Effect::kAllow);
+  EXPECT_EQ(Decide(*email, "send_email", R"({"to": "x@gmail.com"})"), Effect::kRequireApproval);
+  EXPECT_EQ(Decide(*email, "send_email", R"({"to": ["a@example.org", "x@gmail.com"]})"),
+            Effect::kRequireApproval);
+
+  auto deletes = MustCompile(R"(
+rules:
+  - id: no-prod-deletes
+    effect: deny
+    match:
+      operation: [delete, drop, truncate]
+      target_system: "prod-*"
+)");
+  EXPECT_EQ(Decide(*deletes, "sql", "{}", "", "delete", "prod-eu-1"), Effect::kDeny);
+  EXPECT_EQ(Decide(*deletes, "sql", "{}", "", "delete", "staging-1"), Effect::kAllow);
+  EXPECT_EQ(Decide(*deletes, "sql", "{}", "", "select", "prod-eu-1"), Effect::kAllow);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The hot path does not allocate.
 
 TEST(EvaluateTest, DoesNotAllocate) {
   auto set = MustCompile(R"(
 rules:
   - {id: a, effect: deny, match: {tool_name: [shell, "exec_*", "*_delete"]}}
-  - {id: b, effect: require_approval, match: {tool_name: pay, arguments: [{pointer: /amount, ">": 1000}]}}
+  - {id: b, effect: require_approval,
+     match: {tool_name: pay, arguments: [{pointer: /amount, ">": 1000}]}}
   - {id: c, effect: deny, match: {arguments: [{pointer: /command, regex: "rm\\s+-rf"}]}}
   - {id: d, effect: deny, match: {tool_name: "export_*"}, rate_limit: {max: 5, per: 1m}}
   - {id: e, effect: deny, time_window: {timezone: Europe/Paris, hours: "02:00-03:00"}}

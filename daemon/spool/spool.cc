@@ -303,8 +303,8 @@ void Spool::SetCommitListener(std::function<void()> listener) {
   commit_listener_ = std::move(listener);
 }
 
-void Spool::SetEventListener(std::function<void(const StoredEvent&)> listener) {
-  event_listener_ = std::move(listener);
+void Spool::SetFailureListener(std::function<void()> listener) {
+  failure_listener_ = std::move(listener);
 }
 
 void Spool::Enqueue(Op op) {
@@ -642,6 +642,7 @@ void Spool::WriterLoop() {
           }
           failed_ = true;
           LogError("spool commit failed; refusing further writes", {{"error", failure_}});
+          if (failure_listener_) failure_listener_();
         }
       }
       if (!status.ok()) {

@@ -140,8 +140,8 @@ class Spool {
 
   // Called on the writer thread after each commit (the shipper wakes up on it).
   void SetCommitListener(std::function<void()> listener);
-  // Called on the writer thread with every committed event (for `toolgate tail`).
-  void SetEventListener(std::function<void(const StoredEvent&)> listener);
+  // Called once, on the writer thread, when the store fails and starts refusing writes.
+  void SetFailureListener(std::function<void()> listener);
 
   absl::StatusOr<std::unique_ptr<Reader>> NewReader();
   Stats stats() const;
@@ -173,7 +173,7 @@ class Spool {
   std::deque<Op> ops_;     // guarded by mu_
   bool closing_ = false;   // guarded by mu_
   std::function<void()> commit_listener_;                     // set before traffic
-  std::function<void(const StoredEvent&)> event_listener_;    // set before traffic
+  std::function<void()> failure_listener_;                    // set before traffic
 
   // Counters, written by the writer thread (pending_bytes_ by appenders too).
   std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};

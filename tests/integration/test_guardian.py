@@ -1,0 +1,143 @@
+"""Approvals end to end: Check → REQUIRE_APPROVAL → a waiting agent → a human decides."""
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from conftest import wait_until
+from toolgate.v1 import policy_pb2, policy_pb2_grpc
+
+POLICY = """
+revision: "g1"
+default: allow
+rules:
+  - id: big-payment
+    effect: require_approval
+    reason: payment over 1000
+    approval_timeout: 10m
+    match:
+      tool_name: send_payment
+      arguments:
+        - {pointer: /amount, ">": 1000}
+  - id: quick-expiry
+    effect: require_approval
+    reason: needs a human, fast
+    approval_timeout: 1s
+    on_timeout: deny
+    match:
+      tool_name: wire_transfer
+"""
+
+
+@pytest.fixture
+def daemon(make_daemon, tmp_path):
+    p = tmp_path / "policy.yaml"
+    p.write_text(POLICY)
+    return make_daemon(args=["--set", f"policy.file={p}"]).start()
+
+
+def ask(d, tool, amount=5000, session="s-g"):
+    stub = policy_pb2_grpc.PolicyStub(d.channel())
+    return stub.Check(policy_pb2.CheckRequest(action=policy_pb2.Action(
+        agent_id="pay-agent", session_id=session, tool_name=tool,
+        arguments_json=json.dumps({"amount": amount}))), timeout=10)
+
+
+def waiter(d, pending_id, out, heartbeat_ms=100):
+    """Streams WaitForDecision in a thread; records every update and when it arrived."""
+    def run():
+        stub = policy_pb2_grpc.PolicyStub(d.channel())
+        try:
+            for u in stub.WaitForDecision(policy_pb2.WaitRequest(
+                    pending_action_id=pending_id, heartbeat_ms=heartbeat_ms), timeout=60):
+                out.append((time.monotonic(), u))
+        except grpc.RpcError as e:
+            out.append((time.monotonic(), e))
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_approve_wakes_the_waiting_agent_at_once(daemon):
+    r = ask(daemon, "send_payment")
+    assert r.decision == policy_pb2.REQUIRE_APPROVAL and r.pending_action_id and r.expires_at
+    updates = []
+    t = waiter(daemon, r.pending_action_id, updates)
+    wait_until(lambda: len(updates) >= 3, what="heartbeats while pending")
+    assert all(u.heartbeat and u.status == policy_pb2.PENDING for _, u in updates)
+    listed = json.loads(daemon.cli("--output", "json", "pending").stdout)["actions"]
+    assert [a["id"] for a in listed] == [r.pending_action_id]
+    assert listed[0]["rule_id"] == "big-payment"
+    assert "5000" not in json.dumps(listed)  # the arguments are not kept, only their hash
+    decided_at = time.monotonic()
+    out = daemon.cli("approve", r.pending_action_id, "--reason", "invoice checked",
+                     "--approver", "alice")
+    assert "approved by alice" in out.stdout
+    t.join(timeout=10)
+    when, final = updates[-1]
+    assert final.status == policy_pb2.APPROVED and final.decision == policy_pb2.ALLOW
+    assert final.approver_id == "alice" and final.reason == "invoice checked"
+    assert when - decided_at < 1.0, "the decision is pushed, not polled"
+    # The decision is an approval event in the session's chain.
+    wait_until(lambda: any(json.loads(l)["payload"].get("pendingActionId") == r.pending_action_id
+                           for l in daemon.cli("export", "s-g").stdout.splitlines()),
+               what="decision event")
+    events = [json.loads(l) for l in daemon.cli("export", "s-g").stdout.splitlines()]
+    decision = [e for e in events if e["payload"].get("pendingActionId") == r.pending_action_id]
+    assert decision[0]["category"] == "approval"
+    assert decision[0]["payload"]["approverId"] == "alice"
+    assert decision[0]["payload"]["decision"] == "approved"
+    # Deciding again is refused.
+    again = daemon.cli("reject", r.pending_action_id, "--reason", "no", check=False)
+    assert again.returncode == 1 and "already approved by alice" in again.stderr
+
+
+def test_reject_needs_a_reason_and_denies(daemon):
+    r = ask(daemon, "send_payment")
+    assert daemon.cli("reject", r.pending_action_id, check=False).returncode == 2
+    updates = []
+    t = waiter(daemon, r.pending_action_id, updates)
+    daemon.cli("reject", r.pending_action_id, "--reason", "unknown payee", "--approver", "bob")
+    t.join(timeout=10)
+    final = updates[-1][1]
+    assert final.status == policy_pb2.REJECTED and final.decision == policy_pb2.DENY
+    assert final.reason == "unknown payee"
+
+
+def test_timeout_denies_and_is_recorded_as_expired_never_approved(daemon):
+    r = ask(daemon, "wire_transfer")
+    updates = []
+    t = waiter(daemon, r.pending_action_id, updates)
+    t.join(timeout=15)
+    final = updates[-1][1]
+    assert final.status == policy_pb2.EXPIRED and final.decision == policy_pb2.DENY
+    expired = json.loads(daemon.cli("--output", "json", "pending", "--status", "expired").stdout)
+    assert [a["id"] for a in expired["actions"]] == [r.pending_action_id]
+    assert daemon.cli("approve", r.pending_action_id, check=False).returncode == 1
+
+
+def test_pending_action_survives_a_restart_and_a_reconnecting_agent_gets_its_decision(daemon):
+    r = ask(daemon, "send_payment", session="s-restart")
+    daemon.stop()
+    daemon.start()
+    pending = json.loads(daemon.cli("--output", "json", "pending").stdout)["actions"]
+    assert [a["id"] for a in pending] == [r.pending_action_id]
+    updates = []
+    t = waiter(daemon, r.pending_action_id, updates)
+    wait_until(lambda: len(updates) >= 1, what="the agent waits again")
+    daemon.cli("approve", r.pending_action_id, "--approver", "dave")
+    t.join(timeout=10)
+    assert updates[-1][1].status == policy_pb2.APPROVED
+    # An agent that only comes back after the decision gets it at once.
+    late = []
+    waiter(daemon, r.pending_action_id, late).join(timeout=10)
+    assert len(late) == 1 and late[0][1].status == policy_pb2.APPROVED
+
+
+def test_unknown_pending_action(daemon):
+    out = []
+    waiter(daemon, "00000000-0000-4000-8000-000000000000", out).join(timeout=10)
+    assert isinstance(out[-1][1], grpc.RpcError)
+    assert out[-1][1].code() == grpc.StatusCode.NOT_FOUND
