@@ -1,7 +1,8 @@
 // Guardian: actions that need a human, held pending until someone decides or time runs out.
 //
-// Pending actions live in their own SQLite file (guardian.db; low volume, fsynced on every
-// change) so they survive restarts. A decision comes from Decide (the CLI, through the Guardian
+// Pending actions live in their own SQLite file (guardian.db, WAL, synchronous=NORMAL: they
+// survive daemon restarts and crashes; a power loss may lose the newest ones, which then read as
+// unknown, never as approved). A decision comes from Decide (the CLI, through the Guardian
 // gRPC service) or from the expiry timer, which applies the rule's on_timeout (deny by default)
 // and records the action as EXPIRED — an expired action is never reported as approved. Every
 // decision is handed to the audit sink (an `approval` event in the action's session chain) and

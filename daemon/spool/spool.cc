@@ -14,6 +14,9 @@
 namespace toolgate::spool {
 namespace {
 
+// Appends are gathered into chunks of about this size (one request may exceed it).
+constexpr size_t kChunkBytes = 256 << 10;
+
 int64_t Millis(SystemTime t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
@@ -239,7 +242,7 @@ absl::Status Spool::Init() {
            // Chunks are blobs of tens of KiB: large pages keep them out of long overflow chains
            // (measured: -20% writer time per event against 4 KiB pages). Only applies to a new file.
            std::string("PRAGMA page_size=65536"),
-           std::string("PRAGMA cache_size=-8192"),
+           std::string("PRAGMA cache_size=-2048"),
            std::string("PRAGMA journal_mode=WAL"),
            "PRAGMA synchronous=" + sync,
            std::string("PRAGMA foreign_keys=OFF"),
@@ -498,21 +501,28 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
     return absl::OkStatus();
   };
 
-  std::string blob;
+  std::string blob, chunk;
+  uint32_t chunk_events = 0;
   for (Op& op : ops) {
     switch (op.kind) {
       case Op::kAppend: {
-        blob.clear();
-        blob.reserve(op.bytes + 4 * op.events.size());
+        // The appends of one group commit share chunks of up to kChunkBytes: few rows however
+        // small the requests (single-event Records, recorded Checks), and chunks small enough
+        // that reading one back for shipping stays cheap in memory.
+        if (chunk_events > 0 && chunk.size() + op.bytes > kChunkBytes) {
+          if (absl::Status s = insert_chunk(chunk_events, chunk); !s.ok()) return s;
+          chunk.clear();
+          chunk_events = 0;
+        }
         HeadUpdate* h = nullptr;
         const std::string* session = nullptr;
         for (const auto& ev : op.events) {
           // Length prefix, then the linked envelope written in place.
-          const size_t at = blob.size();
-          blob.append(4, '\0');
-          chainer_.LinkAppend(ev, &blob);
-          const uint32_t n = static_cast<uint32_t>(blob.size() - at - 4);
-          for (int b = 0; b < 4; ++b) blob[at + b] = static_cast<char>(n >> (8 * b));
+          const size_t at = chunk.size();
+          chunk.append(4, '\0');
+          chainer_.LinkAppend(ev, &chunk);
+          const uint32_t n = static_cast<uint32_t>(chunk.size() - at - 4);
+          for (int b = 0; b < 4; ++b) chunk[at + b] = static_cast<char>(n >> (8 * b));
           if (session == nullptr || *session != ev.session_id) {  // runs of one session are common
             h = &heads[ev.session_id];
             session = &ev.session_id;
@@ -520,9 +530,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
           }
           ++h->events;
         }
-        if (absl::Status s = insert_chunk(static_cast<uint32_t>(op.events.size()), blob); !s.ok()) {
-          return s;
-        }
+        chunk_events += static_cast<uint32_t>(op.events.size());
         break;
       }
       case Op::kAck:
@@ -571,6 +579,9 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
         break;
       }
     }
+  }
+  if (chunk_events > 0) {
+    if (absl::Status s = insert_chunk(chunk_events, chunk); !s.ok()) return s;
   }
   for (auto& [session, h] : heads) {
     h.hash = *chainer_.Head(session);

@@ -2,9 +2,9 @@
 //
 // Appends are acknowledged only after their transaction is committed (and fsynced, with
 // spool.sync): many appends share one transaction (group commit, one writer thread, as
-// LevelDB's writer queue). Each append is stored as one row, a *chunk* of events (as Fluent
-// Bit's chunks), so SQLite's per-row cost is paid once per request, not once per event: see
-// docs/architecture.md. A chunk leaves the queue when all its events are acked or dead-lettered;
+// LevelDB's writer queue). The events of one group commit are stored as one row, a *chunk*
+// (as Fluent Bit's chunks), so SQLite's per-row cost is paid once per commit, not once per
+// event or request: see docs/architecture.md. A chunk leaves the queue when all its events are acked or dead-lettered;
 // a chunk partly delivered before a crash is sent again whole (same eventIds). The chain stage runs on that writer thread too, so that each
 // session's order is the commit order and its head is stored in the same transaction.
 //
