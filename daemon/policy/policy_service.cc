@@ -185,13 +185,16 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
     LogError("check not recorded", {{"error", std::string(s.message())}});
     return;
   }
-  spool_->Append(std::move(events), [this, id = r.decision_id()](const absl::Status& st) {
-    if (!st.ok()) {
-      audit_failures_.fetch_add(1);
-      LogWarn("check not recorded in the audit chain",
-              {{"decision_id", id}, {"error", std::string(st.message())}});
-    }
-  });
+  spool_->Append(
+      std::move(events),
+      [this, id = r.decision_id()](const absl::Status& st) {
+        if (!st.ok()) {
+          audit_failures_.fetch_add(1);
+          LogWarn("check not recorded in the audit chain",
+                  {{"decision_id", id}, {"error", std::string(st.message())}});
+        }
+      },
+      /*lazy=*/true);
 }
 
 // One WaitForDecision call. The guardian's waiter and the heartbeat thread reach the reactor

@@ -89,6 +89,7 @@ struct Spool::Op {
   enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge };
   explicit Op(Kind k) : kind(k) {}
   Kind kind;
+  bool lazy = false;
   std::vector<normalize::NormalizedEvent> events;
   uint64_t bytes = 0;
   AppendDone done;
@@ -310,12 +311,23 @@ void Spool::SetFailureListener(std::function<void()> listener) {
   failure_listener_ = std::move(listener);
 }
 
-void Spool::Enqueue(Op op) {
+void Spool::Enqueue(Op op, bool lazy) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (!closing_) {
+      op.lazy = lazy;
+      // The writer wakes for urgent work, and for the first lazy op (to start its timer).
+      bool wake = !lazy;
+      if (lazy) {
+        if (ops_.size() == urgent_ops_) {
+          first_lazy_ = std::chrono::steady_clock::now();
+          wake = true;
+        }
+      } else {
+        ++urgent_ops_;
+      }
       ops_.push_back(std::move(op));
-      cv_.notify_one();
+      if (wake) cv_.notify_one();
       return;
     }
   }
@@ -324,7 +336,7 @@ void Spool::Enqueue(Op op) {
   if (op.count_done) op.count_done(0);
 }
 
-void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone done) {
+void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy) {
   if (failed_.load()) {
     std::lock_guard<std::mutex> l(mu_);
     done(absl::UnavailableError("spool failed earlier and refuses writes: " + failure_copy_));
@@ -350,7 +362,7 @@ void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone do
   op.events = std::move(events);
   op.bytes = bytes;
   op.done = std::move(done);
-  Enqueue(std::move(op));
+  Enqueue(std::move(op), lazy);
 }
 
 void Spool::Ack(std::vector<EventRef> refs) {
@@ -602,13 +614,24 @@ void Spool::WriterLoop() {
     batch.clear();
     {
       std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return closing_ || !ops_.empty(); });
+      // Commit at once for urgent work; lazy work waits up to kLazyCommitDelay for company.
+      for (;;) {
+        if (closing_ || urgent_ops_ > 0) break;
+        if (ops_.empty()) {
+          cv_.wait(l);
+          continue;
+        }
+        const auto due = first_lazy_ + kLazyCommitDelay;
+        if (std::chrono::steady_clock::now() >= due) break;
+        cv_.wait_until(l, due);
+      }
       if (ops_.empty() && closing_) break;
       size_t events = 0;
       while (!ops_.empty() && (batch.empty() || events < options_.limits.commit_max_events)) {
         events += ops_.front().events.size() + ops_.front().refs.size();
         batch.push_back(std::move(ops_.front()));
         ops_.pop_front();
+        if (!batch.back().lazy) --urgent_ops_;
       }
     }
     uint64_t batch_bytes = 0;

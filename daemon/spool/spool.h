@@ -128,7 +128,12 @@ class Spool {
   // Queues events for the next group commit; `done` runs once they are durable (OK) or
   // could not be stored (RESOURCE_EXHAUSTED: full; UNAVAILABLE: the store failed). Either
   // all events of one call are stored, or none.
-  void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done);
+  //
+  // A `lazy` append (records nobody waits on, such as a Check's audit event) does not start a
+  // commit by itself: it joins the next commit, or one started within kLazyCommitDelay. This
+  // keeps a stream of tiny records from costing one commit (and fsync) each.
+  void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy = false);
+  static constexpr std::chrono::milliseconds kLazyCommitDelay{20};
 
   // From the shipper: delivered events leave the queue; refused ones become dead letters.
   void Ack(std::vector<EventRef> refs);
@@ -154,7 +159,7 @@ class Spool {
   struct Op;
   Spool(SpoolOptions options, Clock* clock, sqlite3* db);
   absl::Status Init();
-  void Enqueue(Op op);
+  void Enqueue(Op op, bool lazy = false);
   void WriterLoop();
   absl::Status ApplyBatch(std::vector<Op>& ops);
   absl::Status Exec(const char* sql);
@@ -171,6 +176,8 @@ class Spool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Op> ops_;     // guarded by mu_
+  size_t urgent_ops_ = 0;  // ops in ops_ that want a commit now; guarded by mu_
+  std::chrono::steady_clock::time_point first_lazy_{};  // oldest lazy op queued; guarded by mu_
   bool closing_ = false;   // guarded by mu_
   std::function<void()> commit_listener_;                     // set before traffic
   std::function<void()> failure_listener_;                    // set before traffic
