@@ -10,7 +10,9 @@
 //       Policy.Check (or the standard gRPC health Check, the floor that gRPC itself sets) at a
 //       fixed RATE per second for SECONDS, spread over THREADS connections; each call is sent at
 //       its scheduled time (or at once when late) and timed from its send. Prints percentiles.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,9 +23,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/support/byte_buffer.h>
 
 #include "toolgate/v1/events.grpc.pb.h"
 #include "toolgate/v1/policy.grpc.pb.h"
@@ -126,9 +125,10 @@ int Unary(const std::string& address, int requests) {
   }
   std::sort(us.begin(), us.end());
   auto pct = [&](double p) { return us[std::min(us.size() - 1, size_t(p * us.size()))]; };
-  std::printf("{\"requests\": %d, \"ack_p50_us\": %.0f, \"ack_p99_us\": %.0f, "
-              "\"ack_max_us\": %.0f}\n",
-              requests, pct(0.50), pct(0.99), us.back());
+  std::printf(
+      "{\"requests\": %d, \"ack_p50_us\": %.0f, \"ack_p99_us\": %.0f, "
+      "\"ack_max_us\": %.0f}\n",
+      requests, pct(0.50), pct(0.99), us.back());
   return 0;
 }
 
@@ -199,15 +199,16 @@ int Check(const std::string& address, int rate, int seconds, int threads, bool h
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
   std::sort(all.begin(), all.end());
   if (all.empty()) {
-    std::printf("{\"calls\": 0, \"errors\": %llu}\n", static_cast<unsigned long long>(errors.load()));
+    std::printf("{\"calls\": 0, \"errors\": %llu}\n",
+                static_cast<unsigned long long>(errors.load()));
     return 1;
   }
   auto pct = [&](double p) { return all[std::min(all.size() - 1, size_t(p * all.size()))]; };
-  std::printf("{\"calls\": %zu, \"errors\": %llu, \"late\": %llu, \"p50_us\": %.0f, "
-              "\"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
-              all.size(), static_cast<unsigned long long>(errors.load()),
-              static_cast<unsigned long long>(late.load()), pct(0.5), pct(0.99), pct(0.999),
-              all.back());
+  std::printf(
+      "{\"calls\": %zu, \"errors\": %llu, \"late\": %llu, \"p50_us\": %.0f, "
+      "\"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
+      all.size(), static_cast<unsigned long long>(errors.load()),
+      static_cast<unsigned long long>(late.load()), pct(0.5), pct(0.99), pct(0.999), all.back());
   return errors.load() == 0 ? 0 : 1;
 }
 

@@ -50,8 +50,7 @@ int main(int argc, char** argv) {
     events += n;
     ++requests;
     res.status = 202;
-    res.set_content("{\"accepted\":" + std::to_string(n) + ",\"rejected\":[]}",
-                    "application/json");
+    res.set_content("{\"accepted\":" + std::to_string(n) + ",\"rejected\":[]}", "application/json");
   });
   server.Get("/count", [&](const httplib::Request&, httplib::Response& res) {
     res.set_content("{\"count\":" + std::to_string(events.load()) +

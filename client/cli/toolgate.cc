@@ -10,11 +10,10 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/chain/verifier.h"
 #include "daemon/policy/policy.h"
@@ -339,8 +338,10 @@ int Verify(const Cli& cli) {
                         {"partial_sessions", report.partial_sessions},
                         {"problems", nlohmann::json::array()}};
     for (const auto& p : report.problems) {
-      j["problems"].push_back({{"line", p.line}, {"session_id", p.session_id},
-                               {"event_id", p.event_id}, {"message", p.message}});
+      j["problems"].push_back({{"line", p.line},
+                               {"session_id", p.session_id},
+                               {"event_id", p.event_id},
+                               {"message", p.message}});
     }
     std::cout << j.dump() << "\n";
   } else {
@@ -363,8 +364,9 @@ int Pending(Cli cli) {
     std::string upper = status;
     for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     if (!PendingStatus_Parse(upper, &st)) {
-      std::fprintf(stderr, "toolgate pending: --status must be pending, approved, rejected or "
-                           "expired\n");
+      std::fprintf(stderr,
+                   "toolgate pending: --status must be pending, approved, rejected or "
+                   "expired\n");
       return kUsage;
     }
     req.set_status(st);
@@ -383,8 +385,8 @@ int Pending(Cli cli) {
     std::string st = PendingStatus_Name(a.status());
     for (char& c : st) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     std::printf("%-36s %-9s %-18s %-16s %-20s %s\n", a.id().c_str(), st.c_str(),
-                a.action().tool_name().c_str(), a.action().agent_id().c_str(),
-                a.rule_id().c_str(), a.expires_at().c_str());
+                a.action().tool_name().c_str(), a.action().agent_id().c_str(), a.rule_id().c_str(),
+                a.expires_at().c_str());
   }
   return kOk;
 }
@@ -481,16 +483,14 @@ int Policy(Cli cli) {
                                    {"rules", (*rules)->size()}})
                 << "\n";
     } else {
-      std::printf("OK: %zu rule(s), revision %s\n", (*rules)->size(),
-                  (*rules)->revision().c_str());
+      std::printf("OK: %zu rule(s), revision %s\n", (*rules)->size(), (*rules)->revision().c_str());
     }
     return kOk;
   }
   const std::string action_text = ReadFile(cli.args[2], &ok);
   auto j = nlohmann::json::parse(action_text, nullptr, false);
   if (!ok || !j.is_object()) {
-    std::fprintf(stderr, "toolgate policy test: '%s' must be a JSON object\n",
-                 cli.args[2].c_str());
+    std::fprintf(stderr, "toolgate policy test: '%s' must be a JSON object\n", cli.args[2].c_str());
     return kUsage;
   }
   auto str = [&](const char* a, const char* b) {
@@ -527,8 +527,7 @@ int Policy(Cli cli) {
                 d.rule ? std::string(d.rule_id).c_str() : "(default)",
                 std::string(d.reason).c_str());
     if (d.shadow) {
-      std::printf("shadow: rule %s would have decided %s\n",
-                  std::string(d.shadow_rule_id).c_str(),
+      std::printf("shadow: rule %s would have decided %s\n", std::string(d.shadow_rule_id).c_str(),
                   std::string(toolgate::policy::EffectName(d.shadow_effect)).c_str());
     }
   }

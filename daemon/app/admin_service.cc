@@ -190,8 +190,8 @@ grpc::ServerWriteReactor<StoredEvent>* AdminService::ExportSession(
     grpc::CallbackServerContext* ctx, const ExportSessionRequest* req) {
   std::vector<StoredEvent> items;
   if (req->session_id().empty()) {
-    return new ListWriter({}, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                           "session_id: required"));
+    return new ListWriter({},
+                          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session_id: required"));
   }
   auto reader = spool_->NewReader();
   if (!reader.ok()) return new ListWriter({}, Unavailable(reader.status()));

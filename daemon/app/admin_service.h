@@ -19,8 +19,7 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   using FlushHook = std::function<void()>;
   using ReloadHook = std::function<policy::ReloadResult()>;
 
-  AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush,
-               ReloadHook reload);
+  AdminService(spool::Spool* spool, StatusFiller fill_status, FlushHook flush, ReloadHook reload);
 
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx,
                                    const toolgate::v1::StatusRequest* req,
@@ -34,12 +33,12 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListDeadLetters(grpc::CallbackServerContext* ctx,
                                             const toolgate::v1::ListDeadLettersRequest* req,
                                             toolgate::v1::ListDeadLettersResponse* resp) override;
-  grpc::ServerUnaryReactor* RetryDeadLetters(
-      grpc::CallbackServerContext* ctx, const toolgate::v1::RetryDeadLettersRequest* req,
-      toolgate::v1::RetryDeadLettersResponse* resp) override;
-  grpc::ServerUnaryReactor* PurgeDeadLetters(
-      grpc::CallbackServerContext* ctx, const toolgate::v1::PurgeDeadLettersRequest* req,
-      toolgate::v1::PurgeDeadLettersResponse* resp) override;
+  grpc::ServerUnaryReactor* RetryDeadLetters(grpc::CallbackServerContext* ctx,
+                                             const toolgate::v1::RetryDeadLettersRequest* req,
+                                             toolgate::v1::RetryDeadLettersResponse* resp) override;
+  grpc::ServerUnaryReactor* PurgeDeadLetters(grpc::CallbackServerContext* ctx,
+                                             const toolgate::v1::PurgeDeadLettersRequest* req,
+                                             toolgate::v1::PurgeDeadLettersResponse* resp) override;
   grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* ctx,
                                          const toolgate::v1::ListSessionsRequest* req,
                                          toolgate::v1::ListSessionsResponse* resp) override;

@@ -1,5 +1,11 @@
 #include "daemon/app/daemon.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <httplib.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,13 +15,6 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <httplib.h>
-#include <prometheus/metric_family.h>
-#include <prometheus/text_serializer.h>
 
 #ifdef TOOLGATE_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -109,9 +108,9 @@ struct Daemon::Impl {
     r->set_events_received(in.events_received);
     r->set_data_dir(cfg.data_dir);
     for (const auto& l : listening) r->add_listen(l);
-    r->set_uptime_s(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                                              std::chrono::steady_clock::now() - started)
-                                              .count()));
+    r->set_uptime_s(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+            .count()));
     r->set_breaker_state("closed");
     r->set_policy_revision(policies->revision());
     if (shipper) {
@@ -139,8 +138,7 @@ struct Daemon::Impl {
         Family("toolgate_requests_refused_full_total",
                "Requests refused with RESOURCE_EXHAUSTED because the spool was full.",
                MetricType::Counter, in.requests_refused_full),
-        Family("toolgate_streams_open", "Open event streams.", MetricType::Gauge,
-               in.streams_open),
+        Family("toolgate_streams_open", "Open event streams.", MetricType::Gauge, in.streams_open),
         Family("toolgate_spool_events", "Events in the local store.", MetricType::Gauge,
                s.stored_events),
         Family("toolgate_spool_bytes", "Bytes of events in the local store.", MetricType::Gauge,
@@ -158,20 +156,19 @@ struct Daemon::Impl {
     const policy::CheckStats cs = policy_service->stats();
     f.push_back(Family("toolgate_checks_allow_total", "Check answers ALLOW.", MetricType::Counter,
                        cs.allow));
-    f.push_back(Family("toolgate_checks_deny_total", "Check answers DENY.", MetricType::Counter,
-                       cs.deny));
-    f.push_back(Family("toolgate_checks_require_approval_total",
-                       "Check answers REQUIRE_APPROVAL.", MetricType::Counter,
-                       cs.require_approval));
+    f.push_back(
+        Family("toolgate_checks_deny_total", "Check answers DENY.", MetricType::Counter, cs.deny));
+    f.push_back(Family("toolgate_checks_require_approval_total", "Check answers REQUIRE_APPROVAL.",
+                       MetricType::Counter, cs.require_approval));
     f.push_back(Family("toolgate_checks_invalid_total", "Check requests refused as invalid.",
                        MetricType::Counter, cs.invalid));
     f.push_back(Family("toolgate_check_audit_failures_total",
-                       "Checks answered but not recorded in the audit chain.",
-                       MetricType::Counter, cs.audit_failures));
+                       "Checks answered but not recorded in the audit chain.", MetricType::Counter,
+                       cs.audit_failures));
     f.push_back(Family("toolgate_guardian_pending", "Actions waiting for a human decision.",
                        MetricType::Gauge, guardian->pending()));
-    f.push_back(Family("toolgate_policy_reloads_total", "Policy files taken.",
-                       MetricType::Counter, policies->reloads()));
+    f.push_back(Family("toolgate_policy_reloads_total", "Policy files taken.", MetricType::Counter,
+                       policies->reloads()));
     f.push_back(Family("toolgate_policy_reload_failures_total",
                        "Policy files refused (the last good policy stayed in force).",
                        MetricType::Counter, policies->reload_failures()));
@@ -179,14 +176,13 @@ struct Daemon::Impl {
       const shipper::ShipperStats sh = shipper->stats();
       f.push_back(Family("toolgate_events_shipped_total", "Events accepted by the upstream.",
                          MetricType::Counter, sh.events_shipped));
-      f.push_back(Family("toolgate_events_dead_lettered_total",
-                         "Events dead-lettered since start.", MetricType::Counter,
-                         sh.events_dead_lettered));
+      f.push_back(Family("toolgate_events_dead_lettered_total", "Events dead-lettered since start.",
+                         MetricType::Counter, sh.events_dead_lettered));
       f.push_back(Family("toolgate_upstream_requests_ok_total", "Upstream requests answered 2xx.",
                          MetricType::Counter, sh.requests_ok));
       f.push_back(Family("toolgate_upstream_requests_retried_total",
-                         "Upstream requests that failed and will be retried.",
-                         MetricType::Counter, sh.requests_retried));
+                         "Upstream requests that failed and will be retried.", MetricType::Counter,
+                         sh.requests_retried));
       f.push_back(Family("toolgate_upstream_in_flight", "Upstream requests in flight.",
                          MetricType::Gauge, sh.in_flight));
       f.push_back(Family("toolgate_upstream_up", "1 unless the last upstream request failed.",
@@ -266,8 +262,8 @@ absl::Status Daemon::Start() {
     d.spool->SetCommitListener([sh = d.shipper.get()] { sh->Wake(); });
   }
 
-  d.events = std::make_unique<ingest::EventsService>(cfg.ingest, d.normalizer.get(),
-                                                     d.spool.get(), cfg.spool.retry_after);
+  d.events = std::make_unique<ingest::EventsService>(cfg.ingest, d.normalizer.get(), d.spool.get(),
+                                                     cfg.spool.retry_after);
   // Every guardian decision (approved, rejected, expired) is an approval event in the chain.
   auto record_decision = [&d](const guardian::PendingAction& a) {
     toolgate::v1::Event ev;

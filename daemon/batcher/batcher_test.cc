@@ -19,8 +19,8 @@ normalize::NormalizedEvent Ev(int i) {
 }
 
 TEST(Batcher, CutsBySizeAndWaitsForMaxDelay) {
-  const auto dir = std::filesystem::path(::testing::TempDir()) /
-                   ("batcher_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::path(::testing::TempDir()) / ("batcher_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   FakeClock clock;

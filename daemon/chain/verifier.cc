@@ -68,9 +68,9 @@ VerifyReport Verifier::Finish() {
       }
       auto [it, inserted] = by_prev.emplace(key, &node);
       if (!inserted) {
-        report_.problems.push_back({node.line, session, node.event_id,
-                                    "fork: event " + it->second->event_id +
-                                        " has the same previousHash " + key});
+        report_.problems.push_back(
+            {node.line, session, node.event_id,
+             "fork: event " + it->second->event_id + " has the same previousHash " + key});
       }
     }
   }

@@ -22,8 +22,8 @@ struct VerifyProblem {
 struct VerifyReport {
   size_t events = 0;
   size_t sessions = 0;
-  size_t duplicates = 0;       // same eventId seen again with identical bytes (allowed)
-  size_t partial_sessions = 0; // chain starts mid-session (older events not in the input)
+  size_t duplicates = 0;        // same eventId seen again with identical bytes (allowed)
+  size_t partial_sessions = 0;  // chain starts mid-session (older events not in the input)
   std::vector<VerifyProblem> problems;
   bool ok() const { return problems.empty(); }
 };

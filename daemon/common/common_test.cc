@@ -49,9 +49,9 @@ TEST(Time, ParseAcceptsTimezonesAndRoundTrips) {
 }
 
 TEST(Time, ParseRejectsMissingTimezoneAndGarbage) {
-  for (const char* bad : {"2023-11-14T22:13:20", "2023-11-14", "2023-13-14T22:13:20Z",
-                          "2023-11-14T22:13:20+0100", "yesterday", "2023-11-14T22:13:20Zjunk",
-                          "2023-11-14T22:13:20."}) {
+  for (const char* bad :
+       {"2023-11-14T22:13:20", "2023-11-14", "2023-13-14T22:13:20Z", "2023-11-14T22:13:20+0100",
+        "yesterday", "2023-11-14T22:13:20Zjunk", "2023-11-14T22:13:20."}) {
     EXPECT_FALSE(ParseRfc3339(bad).ok()) << bad;
   }
 }

@@ -37,7 +37,8 @@ std::string Sha256Hex(std::string_view data) {
   } t;
   unsigned char md[SHA256_DIGEST_LENGTH];
   unsigned int len = 0;
-  if (md_sha256 == nullptr || t.ctx == nullptr || EVP_DigestInit_ex2(t.ctx, md_sha256, nullptr) != 1 ||
+  if (md_sha256 == nullptr || t.ctx == nullptr ||
+      EVP_DigestInit_ex2(t.ctx, md_sha256, nullptr) != 1 ||
       EVP_DigestUpdate(t.ctx, data.data(), data.size()) != 1 ||
       EVP_DigestFinal_ex(t.ctx, md, &len) != 1) {
     std::abort();  // a broken libcrypto is a broken invariant

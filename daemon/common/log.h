@@ -5,9 +5,8 @@
 #ifndef TOOLGATE_DAEMON_COMMON_LOG_H_
 #define TOOLGATE_DAEMON_COMMON_LOG_H_
 
-#include <string_view>
-
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 namespace toolgate {
 

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
@@ -10,8 +11,6 @@
 #include <fstream>
 #include <functional>
 #include <sstream>
-
-#include <yaml-cpp/yaml.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -39,8 +38,14 @@ Option Str(const char* path, std::string Config::*m, const char* help) {
 template <typename S>
 Option SubStr(const char* path, S Config::*s, std::string S::*m, const char* help,
               std::vector<std::string> choices = {}) {
-  return {path, choices.empty() ? Kind::kString : Kind::kEnum, help, choices,
-          [s, m](Config& c) { return &((c.*s).*m); }, {}, {}, {}};
+  return {path,
+          choices.empty() ? Kind::kString : Kind::kEnum,
+          help,
+          choices,
+          [s, m](Config& c) { return &((c.*s).*m); },
+          {},
+          {},
+          {}};
 }
 template <typename S>
 Option SubNum(const char* path, S Config::*s, uint64_t S::*m, Kind kind, const char* help) {
@@ -63,15 +68,26 @@ const std::vector<Option>& Options() {
           "/run/toolgate/toolgate.sock or $XDG_RUNTIME_DIR/toolgate/toolgate.sock; "
           "\"none\" disables"),
       Str("socket_mode", &Config::socket_mode, "permissions of the Unix socket (octal)"),
-      Str("http_listen", &Config::http_listen,
-          "/metrics and /healthz, HOST:PORT; empty disables"),
+      Str("http_listen", &Config::http_listen, "/metrics and /healthz, HOST:PORT; empty disables"),
       Str("data_dir", &Config::data_dir,
           "spool and state; default $STATE_DIRECTORY, /var/lib/toolgate or "
           "$XDG_STATE_HOME/toolgate"),
-      {"log_level", Kind::kEnum, "debug | info | warn | error", {"debug", "info", "warn", "error"},
-       [](Config& c) { return &c.log_level; }, {}, {}, {}},
-      {"shutdown_timeout", Kind::kDuration, "SIGTERM: time to drain before exiting", {}, {}, {},
-       {}, [](Config& c) { return &c.shutdown_timeout; }},
+      {"log_level",
+       Kind::kEnum,
+       "debug | info | warn | error",
+       {"debug", "info", "warn", "error"},
+       [](Config& c) { return &c.log_level; },
+       {},
+       {},
+       {}},
+      {"shutdown_timeout",
+       Kind::kDuration,
+       "SIGTERM: time to drain before exiting",
+       {},
+       {},
+       {},
+       {},
+       [](Config& c) { return &c.shutdown_timeout; }},
       SubNum("ingest.max_argument_bytes", &Config::ingest, &IngestOptions::max_argument_bytes,
              Kind::kSize, "largest arguments_json accepted"),
       SubNum("ingest.max_request_bytes", &Config::ingest, &IngestOptions::max_request_bytes,
@@ -106,8 +122,7 @@ const std::vector<Option>& Options() {
       SubStr("upstream.api_key_file", &Config::upstream, &UpstreamOptions::api_key_file,
              "file holding the API key (or TOOLGATE_API_KEY); must not be world-readable"),
       SubStr("upstream.ingest_format", &Config::upstream, &UpstreamOptions::ingest_format,
-             "single: one event per request | array: a batch per request",
-             {"single", "array"}),
+             "single: one event per request | array: a batch per request", {"single", "array"}),
       SubDur("upstream.timeout", &Config::upstream, &UpstreamOptions::timeout,
              "whole request timeout"),
       SubDur("upstream.connect_timeout", &Config::upstream, &UpstreamOptions::connect_timeout,
@@ -125,8 +140,7 @@ const std::vector<Option>& Options() {
              "first retry delay bound (full jitter, doubling)"),
       SubDur("upstream.backoff_max", &Config::upstream, &UpstreamOptions::backoff_max,
              "largest retry delay bound"),
-      SubDur("upstream.auth_failure_pause", &Config::upstream,
-             &UpstreamOptions::auth_failure_pause,
+      SubDur("upstream.auth_failure_pause", &Config::upstream, &UpstreamOptions::auth_failure_pause,
              "pause of shipping after 401/403 (events are kept)"),
       SubStr("policy.file", &Config::policy, &PolicyOptions::file,
              "local policy file (YAML or JSON, docs/policy.md); unset = Check allows everything"),
@@ -219,8 +233,7 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& key, const std::st
   }
   std::ifstream in(path);
   if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: ", key, ": cannot read '", path, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("config: ", key, ": cannot read '", path, "'"));
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -352,8 +365,7 @@ absl::Status ApplyYaml(const std::string& yaml_text, Config* cfg) {
   try {
     return ApplyNode(root, "", cfg);
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: line ", e.mark.line + 1, ": ", e.msg));
+    return absl::InvalidArgumentError(absl::StrCat("config: line ", e.mark.line + 1, ": ", e.msg));
   }
 }
 
@@ -459,9 +471,12 @@ absl::Status Validate(Config* cfg, const std::map<std::string, std::string>& env
 absl::StatusOr<Flags> ParseFlags(int argc, const char* const* argv) {
   // Flags that map to an option path. Secrets have no flag, on purpose.
   static const std::map<std::string, std::string> kFlagPaths = {
-      {"--listen", "listen"},           {"--socket", "socket"},
-      {"--http-listen", "http_listen"}, {"--data-dir", "data_dir"},
-      {"--upstream-url", "upstream.url"}, {"--api-key-file", "upstream.api_key_file"},
+      {"--listen", "listen"},
+      {"--socket", "socket"},
+      {"--http-listen", "http_listen"},
+      {"--data-dir", "data_dir"},
+      {"--upstream-url", "upstream.url"},
+      {"--api-key-file", "upstream.api_key_file"},
       {"--log-level", "log_level"},
   };
   Flags flags;
@@ -497,8 +512,9 @@ absl::StatusOr<Flags> ParseFlags(int argc, const char* const* argv) {
       flags.values[v->substr(0, eq)] = v->substr(eq + 1);
     } else if (arg == "--api-key" || arg == "--hmac-key") {
       return absl::InvalidArgumentError(
-          arg + ": secrets are not accepted on the command line (they show in ps); use "
-                "--api-key-file or TOOLGATE_API_KEY");
+          arg +
+          ": secrets are not accepted on the command line (they show in ps); use "
+          "--api-key-file or TOOLGATE_API_KEY");
     } else if (auto it = kFlagPaths.find(arg); it != kFlagPaths.end()) {
       auto v = take();
       if (!v.ok()) return v.status();

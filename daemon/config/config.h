@@ -33,11 +33,11 @@ struct HashOptions {
 };
 
 struct SpoolOptions {
-  uint64_t max_bytes = 1ull << 30;     // unshipped bytes before appends are refused
-  Millis retry_after{1000};             // hint given with RESOURCE_EXHAUSTED
-  uint64_t commit_max_events = 16384;   // events per group commit at most
-  bool sync = true;                     // fsync each commit (durable acks)
-  uint64_t retention_max_bytes = 1ull << 30;  // standalone: oldest events evicted beyond
+  uint64_t max_bytes = 1ull << 30;                    // unshipped bytes before appends are refused
+  Millis retry_after{1000};                           // hint given with RESOURCE_EXHAUSTED
+  uint64_t commit_max_events = 16384;                 // events per group commit at most
+  bool sync = true;                                   // fsync each commit (durable acks)
+  uint64_t retention_max_bytes = 1ull << 30;          // standalone: oldest events evicted beyond
   Millis retention_max_age{30LL * 24 * 3600 * 1000};  // standalone: older events evicted
 };
 
@@ -48,9 +48,9 @@ struct BatchOptions {
 };
 
 struct UpstreamOptions {
-  std::string url;           // empty = standalone mode
-  std::string api_key_file;  // or TOOLGATE_API_KEY
-  std::string api_key;       // never printed
+  std::string url;                       // empty = standalone mode
+  std::string api_key_file;              // or TOOLGATE_API_KEY
+  std::string api_key;                   // never printed
   std::string ingest_format = "single";  // single | array
   Millis timeout{10000};
   Millis connect_timeout{5000};
@@ -64,9 +64,9 @@ struct UpstreamOptions {
 };
 
 struct PolicyOptions {
-  std::string file;                 // local policy (YAML/JSON); empty = no policy: Check allows
-  Millis reload_interval{1000};     // how often the file is checked for changes; 0 = only SIGHUP
-  bool record_checks = true;        // every Check becomes an `approval` audit event
+  std::string file;              // local policy (YAML/JSON); empty = no policy: Check allows
+  Millis reload_interval{1000};  // how often the file is checked for changes; 0 = only SIGHUP
+  bool record_checks = true;     // every Check becomes an `approval` audit event
 };
 
 struct Config {

@@ -83,8 +83,7 @@ absl::Status Guardian::Init() {
     return SqlError(db_, "schema");
   }
   sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db_, "SELECT id, expires_ms FROM pending WHERE status = ?1", -1, &s,
-                     nullptr);
+  sqlite3_prepare_v2(db_, "SELECT id, expires_ms FROM pending WHERE status = ?1", -1, &s, nullptr);
   sqlite3_bind_int(s, 1, toolgate::v1::PENDING);
   while (sqlite3_step(s) == SQLITE_ROW) {
     expiries_.emplace(sqlite3_column_int64(s, 1),
@@ -197,8 +196,10 @@ absl::StatusOr<PendingAction> Guardian::Decide(const std::string& id, bool appro
     a.set_decided_at(FormatRfc3339(clock_->Now()));
     if (absl::Status s = Finalize(&a, &to_call); !s.ok()) return s;
   }
-  LogInfo("guardian: decided", {{"id", id}, {"status", StatusWord(a.status())},
-                                {"approver", approver}, {"rule", a.rule_id()}});
+  LogInfo("guardian: decided", {{"id", id},
+                                {"status", StatusWord(a.status())},
+                                {"approver", approver},
+                                {"rule", a.rule_id()}});
   audit_(a);
   for (auto& w : to_call) w(a);
   return a;
@@ -287,7 +288,8 @@ void Guardian::ExpiryLoop() {
       a.set_decided_at(FormatRfc3339(clock_->Now()));
       std::vector<Waiter> to_call;
       if (absl::Status s = Finalize(&a, &to_call); !s.ok()) {
-        LogError("guardian: cannot record an expiry", {{"id", id}, {"error", std::string(s.message())}});
+        LogError("guardian: cannot record an expiry",
+                 {{"id", id}, {"error", std::string(s.message())}});
         continue;
       }
       l.unlock();
@@ -300,8 +302,8 @@ void Guardian::ExpiryLoop() {
     if (expiries_.empty()) {
       cv_.wait(l);
     } else {
-      cv_.wait_for(l, std::chrono::milliseconds(std::min<int64_t>(
-                          expiries_.begin()->first - now, 1000)));
+      cv_.wait_for(
+          l, std::chrono::milliseconds(std::min<int64_t>(expiries_.begin()->first - now, 1000)));
     }
   }
 }

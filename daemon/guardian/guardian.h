@@ -57,8 +57,7 @@ class Guardian {
 
   absl::StatusOr<PendingAction> Get(const std::string& id);
   // Actions with `status` (PENDING when unspecified), newest first.
-  absl::StatusOr<std::vector<PendingAction>> List(toolgate::v1::PendingStatus status,
-                                                  size_t limit);
+  absl::StatusOr<std::vector<PendingAction>> List(toolgate::v1::PendingStatus status, size_t limit);
 
   // Calls `waiter` once with the final state: at once when `id` is decided already, else when
   // it is. Returns a token for CancelWait, or NOT_FOUND.
@@ -71,7 +70,7 @@ class Guardian {
  private:
   Guardian(sqlite3* db, Clock* clock, AuditSink audit);
   absl::Status Init();
-  absl::Status Store(const PendingAction& a);  // requires mu_
+  absl::Status Store(const PendingAction& a);                 // requires mu_
   absl::StatusOr<PendingAction> Load(const std::string& id);  // requires mu_
   // Marks `a` decided, stores it, and collects its waiters. Requires mu_.
   absl::Status Finalize(PendingAction* a, std::vector<Waiter>* to_call);
@@ -83,11 +82,11 @@ class Guardian {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::multimap<int64_t, std::string> expiries_;   // expires_ms → id, pending only; mu_
+  std::multimap<int64_t, std::string> expiries_;  // expires_ms → id, pending only; mu_
   std::map<std::string, std::map<uint64_t, Waiter>> waiters_;  // id → token → waiter; mu_
-  std::map<uint64_t, std::string> token_ids_;      // token → id; mu_
-  uint64_t next_token_ = 1;                        // mu_
-  bool closing_ = false;                           // mu_
+  std::map<uint64_t, std::string> token_ids_;                  // token → id; mu_
+  uint64_t next_token_ = 1;                                    // mu_
+  bool closing_ = false;                                       // mu_
   std::thread expiry_;
 };
 

@@ -37,8 +37,8 @@ grpc::ServerUnaryReactor* GuardianService::Decide(grpc::CallbackServerContext* c
     return r;
   }
   if (!req->approve() && req->reason().empty()) {
-    r->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                           "reason: required to reject an action"));
+    r->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "reason: required to reject an action"));
     return r;
   }
   auto decided = guardian_->Decide(req->id(), req->approve(), req->reason(), req->approver_id());

@@ -16,9 +16,8 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-EventsService::EventsService(config::IngestOptions options,
-                             const normalize::Normalizer* normalizer, spool::Spool* spool,
-                             config::Millis retry_after)
+EventsService::EventsService(config::IngestOptions options, const normalize::Normalizer* normalizer,
+                             spool::Spool* spool, config::Millis retry_after)
     : options_(options), normalizer_(normalizer), spool_(spool), retry_after_(retry_after) {}
 
 absl::Status EventsService::NormalizeAll(
@@ -116,19 +115,19 @@ class EventsService::StreamReactor final
       std::lock_guard<std::mutex> l(mu_);
       ++outstanding_;
     }
-    service_->spool_->Append(std::move(events), [this, n, ack = std::move(ok_ack)](
-                                                    const absl::Status& st) mutable {
-      service_->Count(st, n);
-      if (!st.ok()) {
-        ack.clear_event_ids();
-        ack.set_code(static_cast<int>(st.code()));
-        ack.set_message(std::string(st.message()));
-        if (absl::IsResourceExhausted(st)) {
-          ack.set_retry_after_ms(static_cast<uint32_t>(service_->retry_after_.count()));
-        }
-      }
-      OnAppended(std::move(ack));
-    });
+    service_->spool_->Append(
+        std::move(events), [this, n, ack = std::move(ok_ack)](const absl::Status& st) mutable {
+          service_->Count(st, n);
+          if (!st.ok()) {
+            ack.clear_event_ids();
+            ack.set_code(static_cast<int>(st.code()));
+            ack.set_message(std::string(st.message()));
+            if (absl::IsResourceExhausted(st)) {
+              ack.set_retry_after_ms(static_cast<uint32_t>(service_->retry_after_.count()));
+            }
+          }
+          OnAppended(std::move(ack));
+        });
     std::lock_guard<std::mutex> l(mu_);
     if (outstanding_ < service_->options_.stream_window) {
       StartRead(&request_);

@@ -68,7 +68,9 @@ class ObjectBuilder {
   void StrIfSet(std::string_view key, std::string_view value) {
     if (!value.empty()) Str(key, value);
   }
-  void Raw(std::string_view key, std::string value) { members_.emplace_back(key, std::move(value)); }
+  void Raw(std::string_view key, std::string value) {
+    members_.emplace_back(key, std::move(value));
+  }
   void StrArray(std::string_view key, const google::protobuf::RepeatedPtrField<std::string>& v) {
     std::string out = "[";
     for (int i = 0; i < v.size(); ++i) {

@@ -23,9 +23,7 @@ Event ToolEvent(const std::string& args) {
   return e;
 }
 
-nlohmann::json Envelope(const NormalizedEvent& n) {
-  return nlohmann::json::parse(n.head + n.tail);
-}
+nlohmann::json Envelope(const NormalizedEvent& n) { return nlohmann::json::parse(n.head + n.tail); }
 
 class NormalizerTest : public ::testing::Test {
  protected:
@@ -35,8 +33,8 @@ class NormalizerTest : public ::testing::Test {
 
 TEST_F(NormalizerTest, ToolCallIsHashedCanonicallyAndArgumentsDropped) {
   NormalizedEvent n;
-  ASSERT_TRUE(normalizer_.Normalize(ToolEvent(R"({"b": 2, "a": "secret-value-123"})"), "e", &n)
-                  .ok());
+  ASSERT_TRUE(
+      normalizer_.Normalize(ToolEvent(R"({"b": 2, "a": "secret-value-123"})"), "e", &n).ok());
   const std::string expected_hash = Sha256Hex(R"({"a":"secret-value-123","b":2})");
   const auto env = Envelope(n);
   EXPECT_EQ(env["payload"]["argumentsHash"], expected_hash);
@@ -86,7 +84,9 @@ TEST_F(NormalizerTest, BadInputNamesTheField) {
       {[](Event* e) { e->set_session_id(std::string(256, 's')); }, "events[3].session_id"},
       {[](Event* e) { e->mutable_tool_call()->set_arguments_json("{not json"); },
        "events[3].tool_call.arguments_json: must be JSON"},
-      {[](Event* e) { e->mutable_tool_call()->set_arguments_json(std::string(1 << 20, ' ') + "1"); },
+      {[](Event* e) {
+         e->mutable_tool_call()->set_arguments_json(std::string(1 << 20, ' ') + "1");
+       },
        "events[3].tool_call.arguments_json: larger than the limit"},
       {[](Event* e) { e->set_source_timestamp("2026-01-02T03:04:05"); },
        "events[3].source_timestamp: must be RFC 3339 with a timezone"},
@@ -119,8 +119,8 @@ TEST_F(NormalizerTest, OtherKindsBuildTheirPayloads) {
   e.mutable_identity()->add_capabilities("search");
   NormalizedEvent n;
   ASSERT_TRUE(normalizer_.Normalize(e, "e", &n).ok());
-  EXPECT_EQ(Envelope(n)["payload"], nlohmann::json::parse(
-                                        R"({"agentName":"planner","capabilities":["search"]})"));
+  EXPECT_EQ(Envelope(n)["payload"],
+            nlohmann::json::parse(R"({"agentName":"planner","capabilities":["search"]})"));
 
   e.mutable_session_end()->set_outcome(v1::SessionEnd::FAILED);
   e.mutable_session_end()->set_error_message("boom");

@@ -3,7 +3,6 @@
 #include <pthread.h>
 
 #include <deque>
-
 #include <nlohmann/json.hpp>
 
 #include "daemon/common/crypto.h"
@@ -98,9 +97,9 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
     // With `default: require_approval` no rule decided: the rule defaults apply (5m, deny).
     const Rule defaults;
     const Rule& rule = d.rule != nullptr ? *d.rule : defaults;
-    auto pending = guardian_->Create(a, *arguments_hash, std::string(d.rule_id),
-                                     std::string(d.reason), rule.approval_timeout,
-                                     ToProto(rule.on_timeout));
+    auto pending =
+        guardian_->Create(a, *arguments_hash, std::string(d.rule_id), std::string(d.reason),
+                          rule.approval_timeout, ToProto(rule.on_timeout));
     if (!pending.ok()) return pending.status();
     response->set_pending_action_id(pending->id());
     response->set_expires_at(pending->expires_at());
@@ -116,7 +115,8 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
   absl::Status s = Decide(request->action(), response, &hash);
   if (!s.ok()) {
     if (absl::IsInvalidArgument(s)) invalid_.fetch_add(1, std::memory_order_relaxed);
-    reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message())));
+    reactor->Finish(
+        grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message())));
     return reactor;
   }
   switch (response->decision()) {
@@ -203,8 +203,8 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
 struct PolicyService::WaitState {
   std::mutex mu;
   grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* reactor = nullptr;  // guarded by mu
-  std::deque<toolgate::v1::WaitUpdate> queue;                              // guarded by mu
-  toolgate::v1::WaitUpdate current;                                        // guarded by mu
+  std::deque<toolgate::v1::WaitUpdate> queue;                             // guarded by mu
+  toolgate::v1::WaitUpdate current;                                       // guarded by mu
   bool writing = false, final_queued = false, finished = false;           // guarded by mu
   std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
   std::chrono::milliseconds heartbeat{5000};
@@ -235,8 +235,9 @@ toolgate::v1::WaitUpdate FinalUpdate(const guardian::PendingAction& a) {
   toolgate::v1::WaitUpdate u;
   u.set_pending_action_id(a.id());
   u.set_status(a.status());
-  const bool allowed = a.status() == toolgate::v1::APPROVED ||
-                       (a.status() == toolgate::v1::EXPIRED && a.on_timeout() == toolgate::v1::ALLOW);
+  const bool allowed =
+      a.status() == toolgate::v1::APPROVED ||
+      (a.status() == toolgate::v1::EXPIRED && a.on_timeout() == toolgate::v1::ALLOW);
   u.set_decision(allowed ? toolgate::v1::ALLOW : toolgate::v1::DENY);
   u.set_approver_id(a.approver_id());
   u.set_reason(a.decision_reason());
@@ -292,7 +293,8 @@ grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* PolicyService::WaitForDecisi
   state->reactor = reactor;
   if (state->id.empty() || guardian_ == nullptr) {
     state->finished = true;
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "pending_action_id: required"));
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "pending_action_id: required"));
     return reactor;
   }
   // The guardian may call the waiter at once (decided already): not under state->mu.

@@ -78,7 +78,7 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   std::mutex waits_mu_;
   std::condition_variable waits_cv_;
   std::set<std::shared_ptr<WaitState>> waits_;  // guarded by waits_mu_
-  bool stopping_ = false;                        // guarded by waits_mu_
+  bool stopping_ = false;                       // guarded by waits_mu_
   std::thread heartbeat_;
   std::atomic<uint64_t> allow_{0}, deny_{0}, require_approval_{0}, invalid_{0};
   std::atomic<uint64_t> audit_failures_{0};

@@ -43,7 +43,7 @@ TEST(Backoff, FullJitterWithinDoublingBoundCappedAtMax) {
   const milliseconds initial(500), max(30000);
   EXPECT_EQ(BackoffDelay(1, initial, max, 0.0), milliseconds(0));
   EXPECT_EQ(BackoffDelay(1, initial, max, 0.999), milliseconds(499));
-  EXPECT_EQ(BackoffDelay(3, initial, max, 0.5), milliseconds(1000));  // bound 2000
+  EXPECT_EQ(BackoffDelay(3, initial, max, 0.5), milliseconds(1000));    // bound 2000
   EXPECT_EQ(BackoffDelay(10, initial, max, 0.5), milliseconds(15000));  // capped at 30000
   EXPECT_EQ(BackoffDelay(1000, initial, max, 0.999), milliseconds(29970));
 }

@@ -2,16 +2,14 @@
 
 #include <curl/curl.h>
 #include <libdeflate.h>
-
 #include <pthread.h>
 
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/batcher/batcher.h"
@@ -91,8 +89,8 @@ class Shipper::Loop {
     url_ = up_.url + "/v1/events";
     base_headers_ = curl_slist_append(base_headers_, "Content-Type: application/json");
     base_headers_ = curl_slist_append(base_headers_, "Expect:");
-    base_headers_ = curl_slist_append(
-        base_headers_, ("Authorization: Bearer " + up_.api_key).c_str());
+    base_headers_ =
+        curl_slist_append(base_headers_, ("Authorization: Bearer " + up_.api_key).c_str());
     base_headers_ = curl_slist_append(base_headers_, ("x-kaplaix-sdk: " + user_agent_).c_str());
     // A gzipped request sends one more header: a single node chained in front of the shared list.
     gzip_headers_ = curl_slist_append(nullptr, "Content-Encoding: gzip");
@@ -159,8 +157,8 @@ class Shipper::Loop {
       int running = 0;
       curl_multi_perform(multi_, &running);
       Collect();
-      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
-          wake - clock_->Steady());
+      const auto wait =
+          std::chrono::duration_cast<std::chrono::milliseconds>(wake - clock_->Steady());
       int ms = static_cast<int>(std::clamp<int64_t>(wait.count(), 0, 250));
       curl_multi_poll(multi_, nullptr, 0, ms, nullptr);
     }
@@ -352,7 +350,8 @@ class Shipper::Loop {
         }
         if (!dead.empty()) {
           LogWarn("upstream rejected events of a batch; dead-lettered",
-                  {{"count", dead.size()}, {"code", dead.front().code},
+                  {{"count", dead.size()},
+                   {"code", dead.front().code},
                    {"message", dead.front().message}});
           spool_->DeadLetter(std::move(dead));
         }
@@ -386,11 +385,13 @@ class Shipper::Loop {
         }
         if (auth) {
           LogError("upstream refused the API key: shipping paused, events kept",
-                   {{"status", status}, {"error", error},
+                   {{"status", status},
+                    {"error", error},
                     {"pause_ms", static_cast<int64_t>(delay.count())}});
         } else if (failures_ == 1 || failures_ % 20 == 0) {
           LogWarn("upstream request failed; will retry",
-                  {{"error", error}, {"failures", failures_},
+                  {{"error", error},
+                   {"failures", failures_},
                    {"retry_in_ms", static_cast<int64_t>(delay.count())}});
         }
         retry_.push_back(std::move(r));
@@ -437,13 +438,13 @@ class Shipper::Loop {
   std::atomic<size_t> in_flight_count_{0};
 
   mutable std::mutex mu_;
-  bool stopping_ = false;        // guarded by mu_
-  SteadyTime stop_deadline_{};   // guarded by mu_
-  ShipperStats stats_;           // guarded by mu_
+  bool stopping_ = false;       // guarded by mu_
+  SteadyTime stop_deadline_{};  // guarded by mu_
+  ShipperStats stats_;          // guarded by mu_
 };
 
-Shipper::Shipper(config::UpstreamOptions upstream, config::BatchOptions batch,
-                 spool::Spool* spool, Clock* clock, std::string user_agent)
+Shipper::Shipper(config::UpstreamOptions upstream, config::BatchOptions batch, spool::Spool* spool,
+                 Clock* clock, std::string user_agent)
     : loop_(std::make_unique<Loop>(std::move(upstream), batch, spool, clock,
                                    std::move(user_agent))) {}
 

@@ -3,10 +3,9 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <unordered_map>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
@@ -62,8 +61,8 @@ bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t cou
   size_t pos = 0;
   for (uint32_t i = 0; i < count; ++i) {
     if (pos + 4 > size) return false;
-    const uint32_t n = p[pos] | (p[pos + 1] << 8) | (p[pos + 2] << 16) |
-                       (static_cast<uint32_t>(p[pos + 3]) << 24);
+    const uint32_t n =
+        p[pos] | (p[pos + 1] << 8) | (p[pos + 2] << 16) | (static_cast<uint32_t>(p[pos + 3]) << 24);
     pos += 4;
     if (pos + n > size) return false;
     StoredEvent ev;
@@ -159,8 +158,9 @@ absl::Status Reader::ReadSession(const std::string& session_id,
 
 absl::Status Reader::ListDeadLetters(uint64_t after_id, size_t limit,
                                      std::vector<DeadLetterRow>* out) {
-  Stmt s(db_, "SELECT id, event_id, session_id, http_status, code, message, created_ms, body "
-              "FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2");
+  Stmt s(db_,
+         "SELECT id, event_id, session_id, http_status, code, message, created_ms, body "
+         "FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2");
   if (!s.ok()) return SqlError(db_, "prepare dead letters");
   sqlite3_bind_int64(s.get(), 1, static_cast<int64_t>(after_id));
   sqlite3_bind_int64(s.get(), 2, static_cast<int64_t>(limit));
@@ -183,8 +183,9 @@ absl::Status Reader::ListDeadLetters(uint64_t after_id, size_t limit,
 
 absl::Status Reader::ListSessions(const std::string& agent_id, size_t limit,
                                   std::vector<SessionRow>* out) {
-  Stmt s(db_, "SELECT session_id, agent_id, last_hash, events, updated_ms FROM chain_heads "
-              "WHERE ?1 = '' OR agent_id = ?1 ORDER BY updated_ms DESC LIMIT ?2");
+  Stmt s(db_,
+         "SELECT session_id, agent_id, last_hash, events, updated_ms FROM chain_heads "
+         "WHERE ?1 = '' OR agent_id = ?1 ORDER BY updated_ms DESC LIMIT ?2");
   if (!s.ok()) return SqlError(db_, "prepare sessions");
   sqlite3_bind_text(s.get(), 1, agent_id.data(), static_cast<int>(agent_id.size()),
                     SQLITE_TRANSIENT);
@@ -241,7 +242,8 @@ absl::Status Spool::Init() {
   const std::string sync = options_.limits.sync ? "FULL" : "NORMAL";
   for (const std::string& sql : {
            // Chunks are blobs of tens of KiB: large pages keep them out of long overflow chains
-           // (measured: -20% writer time per event against 4 KiB pages). Only applies to a new file.
+           // (measured: -20% writer time per event against 4 KiB pages). Only applies to a new
+           // file.
            std::string("PRAGMA page_size=65536"),
            std::string("PRAGMA cache_size=-2048"),
            std::string("PRAGMA journal_mode=WAL"),
@@ -264,7 +266,8 @@ absl::Status Spool::Init() {
   }
   {
     Stmt s(db_, "SELECT session_id, last_hash FROM chain_heads");
-    while (sqlite3_step(s.get()) == SQLITE_ROW) chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
+    while (sqlite3_step(s.get()) == SQLITE_ROW)
+      chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
   }
   {
     Stmt s(db_, "SELECT coalesce(sum(count), 0), coalesce(sum(length(body)), 0) FROM chunks");
@@ -349,10 +352,10 @@ void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone do
     if (after > options_.limits.max_bytes) {
       pending_bytes_.fetch_sub(bytes);
       rejected_full_.fetch_add(events.size());
-      done(absl::ResourceExhaustedError(absl::StrCat(
-          "spool full (", queue_bytes_.load(), " of ", options_.limits.max_bytes,
-          " bytes waiting for the upstream); retry after ",
-          options_.limits.retry_after.count(), " ms")));
+      done(absl::ResourceExhaustedError(
+          absl::StrCat("spool full (", queue_bytes_.load(), " of ", options_.limits.max_bytes,
+                       " bytes waiting for the upstream); retry after ",
+                       options_.limits.retry_after.count(), " ms")));
       return;
     }
   } else {
@@ -435,8 +438,9 @@ absl::Status Spool::Evict() {
   }
   if (stored_bytes_.load() <= max_bytes) return absl::OkStatus();
   // Size: drop the oldest events, in chunks, until under the limit.
-  Stmt s(db_, "DELETE FROM chunks WHERE seq IN (SELECT seq FROM chunks ORDER BY seq LIMIT 64) "
-              "RETURNING length(body), count");
+  Stmt s(db_,
+         "DELETE FROM chunks WHERE seq IN (SELECT seq FROM chunks ORDER BY seq LIMIT 64) "
+         "RETURNING length(body), count");
   while (stored_bytes_.load() > max_bytes) {
     sqlite3_reset(s.get());
     int rc, n = 0;
@@ -475,12 +479,14 @@ absl::Status Spool::Done(const EventRef& ref) {
 
 absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
   Stmt insert(db_, "INSERT INTO chunks(count, body, created_ms) VALUES (?1, ?2, ?3)");
-  Stmt head(db_, "INSERT INTO chain_heads(session_id, agent_id, last_hash, events, updated_ms) "
-                 "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(session_id) DO UPDATE SET "
-                 "last_hash = excluded.last_hash, events = events + excluded.events, "
-                 "updated_ms = excluded.updated_ms");
-  Stmt dead(db_, "INSERT INTO dead_letters(seq, event_id, session_id, http_status, code, message,"
-                 " created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+  Stmt head(db_,
+            "INSERT INTO chain_heads(session_id, agent_id, last_hash, events, updated_ms) "
+            "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(session_id) DO UPDATE SET "
+            "last_hash = excluded.last_hash, events = events + excluded.events, "
+            "updated_ms = excluded.updated_ms");
+  Stmt dead(db_,
+            "INSERT INTO dead_letters(seq, event_id, session_id, http_status, code, message,"
+            " created_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
   if (!insert.ok() || !head.ok() || !dead.ok()) return SqlError(db_, "prepare");
   const int64_t now = Millis(clock_->Now());
 
@@ -642,8 +648,8 @@ void Spool::WriterLoop() {
       status = absl::UnavailableError("spool failed earlier and refuses writes: " + failure_);
     } else {
       // Counters and chain heads change as rows are written; keep copies to undo a rollback.
-      const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_, queue_bytes_,
-                                dead_letters_, evicted_};
+      const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_,
+                                queue_bytes_,   dead_letters_, evicted_};
       std::unordered_map<std::string, std::string> saved_heads;
       const auto saved_done = done_;
       for (const Op& op : batch) {
@@ -663,9 +669,13 @@ void Spool::WriterLoop() {
           const auto t2 = std::chrono::steady_clock::now();
           size_t events = 0;
           for (const Op& op : batch) events += op.events.size();
-          LogDebug("spool commit", {{"ops", batch.size()}, {"events", events},
-                                    {"apply_us", std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count()},
-                                    {"commit_us", std::chrono::duration_cast<std::chrono::microseconds>(t2 - t1).count()}});
+          LogDebug(
+              "spool commit",
+              {{"ops", batch.size()},
+               {"events", events},
+               {"apply_us", std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count()},
+               {"commit_us",
+                std::chrono::duration_cast<std::chrono::microseconds>(t2 - t1).count()}});
         }
         if (!status.ok() && !absl::IsResourceExhausted(status)) {
           // The commit (and its fsync) failed: what is on disk is unknown. Stop writing.

@@ -4,9 +4,10 @@
 // spool.sync): many appends share one transaction (group commit, one writer thread, as
 // LevelDB's writer queue). The events of one group commit are stored as one row, a *chunk*
 // (as Fluent Bit's chunks), so SQLite's per-row cost is paid once per commit, not once per
-// event or request: see docs/architecture.md. A chunk leaves the queue when all its events are acked or dead-lettered;
-// a chunk partly delivered before a crash is sent again whole (same eventIds). The chain stage runs on that writer thread too, so that each
-// session's order is the commit order and its head is stored in the same transaction.
+// event or request: see docs/architecture.md. A chunk leaves the queue when all its events are
+// acked or dead-lettered; a chunk partly delivered before a crash is sent again whole (same
+// eventIds). The chain stage runs on that writer thread too, so that each session's order is the
+// commit order and its head is stored in the same transaction.
 //
 // Bounded by bytes: in upstream mode an append that would take unshipped bytes past
 // spool.max_bytes fails with RESOURCE_EXHAUSTED (the client retries; nothing is dropped).
@@ -44,8 +45,8 @@
 namespace toolgate::spool {
 
 struct SpoolOptions {
-  std::string path;          // the SQLite file
-  bool standalone = true;    // no upstream: keep events, evict by retention
+  std::string path;        // the SQLite file
+  bool standalone = true;  // no upstream: keep events, evict by retention
   config::SpoolOptions limits;
 };
 
@@ -169,8 +170,8 @@ class Spool {
 
   const SpoolOptions options_;
   Clock* const clock_;
-  sqlite3* const db_;  // writer thread only (and Init)
-  chain::Chainer chainer_;  // writer thread only
+  sqlite3* const db_;                            // writer thread only (and Init)
+  chain::Chainer chainer_;                       // writer thread only
   std::unordered_map<uint64_t, uint32_t> done_;  // chunk → events done; writer thread only
 
   std::mutex mu_;
@@ -178,17 +179,17 @@ class Spool {
   std::deque<Op> ops_;     // guarded by mu_
   size_t urgent_ops_ = 0;  // ops in ops_ that want a commit now; guarded by mu_
   std::chrono::steady_clock::time_point first_lazy_{};  // oldest lazy op queued; guarded by mu_
-  bool closing_ = false;   // guarded by mu_
-  std::function<void()> commit_listener_;                     // set before traffic
-  std::function<void()> failure_listener_;                    // set before traffic
+  bool closing_ = false;                                // guarded by mu_
+  std::function<void()> commit_listener_;               // set before traffic
+  std::function<void()> failure_listener_;              // set before traffic
 
   // Counters, written by the writer thread (pending_bytes_ by appenders too).
   std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};
   std::atomic<uint64_t> dead_letters_{0}, commits_{0}, appended_{0}, evicted_{0};
   std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0};
   std::atomic<bool> failed_{false};
-  std::string failure_;  // writer thread; copied under mu_ into failure_copy_
-  std::string failure_copy_;  // guarded by mu_
+  std::string failure_;               // writer thread; copied under mu_ into failure_copy_
+  std::string failure_copy_;          // guarded by mu_
   int64_t last_age_eviction_ms_ = 0;  // writer thread only
   const bool debug_timing_ = std::getenv("TOOLGATE_DEBUG_SPOOL_TIMING") != nullptr;
 

@@ -160,7 +160,8 @@ TEST_F(SpoolTest, LazyAppendsCommitSoonOnTheirOwnAndJoinUrgentCommits) {
   // Alone: committed within the lazy delay, without any other traffic.
   std::promise<absl::Status> alone;
   const auto t0 = std::chrono::steady_clock::now();
-  s->Append({Ev("a", 1)}, [&](const absl::Status& st) { alone.set_value(st); }, /*lazy=*/true);
+  s->Append(
+      {Ev("a", 1)}, [&](const absl::Status& st) { alone.set_value(st); }, /*lazy=*/true);
   auto f = alone.get_future();
   ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_TRUE(f.get().ok());
@@ -169,13 +170,15 @@ TEST_F(SpoolTest, LazyAppendsCommitSoonOnTheirOwnAndJoinUrgentCommits) {
   const uint64_t commits_before = s->stats().commits;
   std::vector<std::promise<absl::Status>> done(200);
   for (int i = 0; i < 200; ++i) {
-    s->Append({Ev("b", i)}, [&, i](const absl::Status& st) { done[i].set_value(st); }, true);
+    s->Append(
+        {Ev("b", i)}, [&, i](const absl::Status& st) { done[i].set_value(st); }, true);
   }
   for (auto& d : done) EXPECT_TRUE(d.get_future().get().ok());
   EXPECT_LE(s->stats().commits - commits_before, 20u);
   // An urgent append takes queued lazy ones with it at once.
   std::promise<absl::Status> lazy;
-  s->Append({Ev("c", 1)}, [&](const absl::Status& st) { lazy.set_value(st); }, true);
+  s->Append(
+      {Ev("c", 1)}, [&](const absl::Status& st) { lazy.set_value(st); }, true);
   ASSERT_TRUE(AppendSync(s.get(), {Ev("c", 2)}).ok());
   EXPECT_EQ(lazy.get_future().wait_for(std::chrono::seconds(0)), std::future_status::ready);
   EXPECT_EQ(ReadAll(s.get()).size(), 203u);
