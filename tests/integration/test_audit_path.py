@@ -127,8 +127,8 @@ def test_503_for_20s_then_everything_delivered(make_daemon, upstream):
         r = d.events().Record(events_pb2.RecordRequest(
             events=[tool_event(session=f"s{i % 3}") for _ in range(10)]), timeout=10)
         ids.extend(r.event_ids)
-    st = d.status()
-    assert st.upstream_state == "retrying" and "503" in st.upstream_last_error
+    wait_until(lambda: d.status().upstream_state == "retrying", what="the shipper retrying")
+    assert "503" in d.status().upstream_last_error
     assert upstream.wait_for_events(200, timeout=60)
     assert time.time() - started >= 19
     assert set(upstream.event_ids()) == set(ids)
