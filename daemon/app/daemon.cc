@@ -20,9 +20,12 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include <google/protobuf/util/json_util.h>
+
 #include "absl/strings/str_cat.h"
 #include "daemon/app/admin_service.h"
 #include "daemon/common/clock.h"
+#include "daemon/common/crypto.h"
 #include "daemon/common/log.h"
 #include "daemon/guardian/guardian.h"
 #include "daemon/guardian/guardian_service.h"
@@ -191,6 +194,102 @@ struct Daemon::Impl {
     return prometheus::TextSerializer().Serialize(f);
   }
 
+  // The guardian on the local HTTP port, in the upstream's shapes (kaplaix-api.md), for UIs and
+  // scripts that speak HTTP: GET /v1/guardian/pending-actions, POST .../:id/decide. Off unless
+  // an admin key is configured; every request must carry it as a Bearer token.
+  void AddGuardianRoutes() {
+    auto error = [](httplib::Response& res, int status, const char* code, const std::string& m) {
+      res.status = status;
+      res.set_content(nlohmann::json({{"error", {{"code", code}, {"message", m}}}}).dump(),
+                      "application/json");
+    };
+    auto authorized = [this, error](const httplib::Request& req, httplib::Response& res) {
+      if (cfg.admin_key.empty()) {
+        error(res, 404, "NOT_FOUND", "the guardian HTTP endpoints are off (set admin_key_file)");
+        return false;
+      }
+      const std::string header = req.get_header_value("Authorization");
+      const std::string expected = "Bearer " + cfg.admin_key;
+      if (!ConstantTimeEquals(header, expected)) {
+        error(res, 401, "AUTHENTICATION_FAILED", "missing or wrong admin key");
+        return false;
+      }
+      return true;
+    };
+    auto to_json = [](const guardian::PendingAction& a) {
+      std::string text;
+      (void)google::protobuf::util::MessageToJsonString(a, &text);
+      auto j = nlohmann::json::parse(text, nullptr, false);
+      for (const char* k : {"status", "onTimeout"}) {
+        if (j.contains(k) && j[k].is_string()) {
+          std::string v = j[k].get<std::string>();
+          for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          j[k] = v;
+        }
+      }
+      return j;
+    };
+    http->Get("/v1/guardian/pending-actions", [=](const httplib::Request& req,
+                                                  httplib::Response& res) {
+      if (!authorized(req, res)) return;
+      toolgate::v1::PendingStatus status = toolgate::v1::PENDING;
+      if (req.has_param("status")) {
+        std::string v = req.get_param_value("status");
+        for (char& c : v) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        if (!toolgate::v1::PendingStatus_Parse(v, &status) ||
+            status == toolgate::v1::PENDING_STATUS_UNSPECIFIED) {
+          return error(res, 400, "VALIDATION_ERROR",
+                       "status: must be pending, approved, rejected or expired");
+        }
+      }
+      size_t limit = 20;
+      if (req.has_param("limit")) {
+        limit = std::strtoul(req.get_param_value("limit").c_str(), nullptr, 10);
+        if (limit == 0 || limit > 100) {
+          return error(res, 400, "VALIDATION_ERROR", "limit: must be between 1 and 100");
+        }
+      }
+      auto list = guardian->List(status, limit);
+      if (!list.ok())
+        return error(res, 500, "INTERNAL_ERROR", std::string(list.status().message()));
+      nlohmann::json out = {{"pendingActions", nlohmann::json::array()}, {"nextCursor", nullptr}};
+      for (const auto& a : *list) out["pendingActions"].push_back(to_json(a));
+      res.set_content(out.dump(), "application/json");
+    });
+    http->Post(R"(/v1/guardian/pending-actions/([^/]+)/decide)", [=](const httplib::Request& req,
+                                                                     httplib::Response& res) {
+      if (!authorized(req, res)) return;
+      auto body = nlohmann::json::parse(req.body, nullptr, false);
+      if (!body.is_object()) {
+        return error(res, 400, "VALIDATION_ERROR", "body: must be a JSON object");
+      }
+      const std::string decision = body.value("decision", "");
+      const std::string reason = body.value("reason", "");
+      const std::string approver = body.value("approverId", "");
+      if (decision != "approved" && decision != "rejected") {
+        return error(res, 400, "VALIDATION_ERROR",
+                     "decision: must be \"approved\" or \"rejected\"");
+      }
+      if (approver.empty()) {
+        return error(res, 400, "VALIDATION_ERROR", "approverId: required");
+      }
+      if (decision == "rejected" && reason.empty()) {
+        return error(res, 400, "VALIDATION_ERROR", "reason: required to reject");
+      }
+      auto decided = guardian->Decide(req.matches[1], decision == "approved", reason, approver);
+      if (!decided.ok()) {
+        const std::string m(decided.status().message());
+        if (absl::IsNotFound(decided.status())) return error(res, 404, "NOT_FOUND", m);
+        if (absl::IsFailedPrecondition(decided.status())) {
+          return error(res, 409, "CONFLICT", m);
+        }
+        return error(res, 500, "INTERNAL_ERROR", m);
+      }
+      res.set_content(nlohmann::json({{"pendingAction", to_json(*decided)}}).dump(),
+                      "application/json");
+    });
+  }
+
   absl::Status StartHttp() {
     if (cfg.http_listen.empty()) return absl::OkStatus();
     http = std::make_unique<httplib::Server>();
@@ -205,6 +304,7 @@ struct Daemon::Impl {
         res.set_content("ok\n", "text/plain");
       }
     });
+    AddGuardianRoutes();
     const size_t colon = cfg.http_listen.rfind(':');
     std::string host = cfg.http_listen.substr(0, colon);
     if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);

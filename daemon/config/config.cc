@@ -69,6 +69,9 @@ const std::vector<Option>& Options() {
           "\"none\" disables"),
       Str("socket_mode", &Config::socket_mode, "permissions of the Unix socket (octal)"),
       Str("http_listen", &Config::http_listen, "/metrics and /healthz, HOST:PORT; empty disables"),
+      Str("admin_key_file", &Config::admin_key_file,
+          "key for the local HTTP admin endpoints (/v1/guardian/...), or TOOLGATE_ADMIN_KEY; "
+          "unset = those endpoints are off"),
       Str("data_dir", &Config::data_dir,
           "spool and state; default $STATE_DIRECTORY, /var/lib/toolgate or "
           "$XDG_STATE_HOME/toolgate"),
@@ -432,6 +435,13 @@ absl::Status Validate(Config* cfg, const std::map<std::string, std::string>& env
   if (cfg->upstream.timeout.count() <= 0) return bad("upstream.timeout", "must be > 0");
 
   // Secrets: from their file when one is named, else from the environment.
+  if (!cfg->admin_key_file.empty()) {
+    auto key = ReadSecretFile("admin_key_file", cfg->admin_key_file);
+    if (!key.ok()) return key.status();
+    cfg->admin_key = *key;
+  } else {
+    cfg->admin_key = Get(env, "TOOLGATE_ADMIN_KEY");
+  }
   if (!cfg->hash.hmac_key_file.empty()) {
     auto key = ReadSecretFile("hash.hmac_key_file", cfg->hash.hmac_key_file);
     if (!key.ok()) return key.status();
@@ -589,7 +599,8 @@ std::string Dump(const Config& cfg_in) {
     out += "  " + path.substr(dot + 1) + ": " + ShowValue(o, cfg) + "\n";
   }
   out += "# upstream api key: " + std::string(cfg.upstream.api_key.empty() ? "unset" : "set") +
-         "; hmac key: " + (cfg.hash.hmac_key.empty() ? "unset" : "set") + "\n";
+         "; hmac key: " + (cfg.hash.hmac_key.empty() ? "unset" : "set") +
+         "; admin key: " + (cfg.admin_key.empty() ? "unset" : "set") + "\n";
   return out;
 }
 

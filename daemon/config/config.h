@@ -74,7 +74,9 @@ struct Config {
   std::string socket;  // default: see DefaultSocketPath()
   std::string socket_mode = "0660";
   std::string http_listen = "127.0.0.1:7471";
-  std::string data_dir;  // default: see DefaultDataDir()
+  std::string admin_key_file;  // local HTTP admin endpoints; or TOOLGATE_ADMIN_KEY
+  std::string admin_key;       // never printed
+  std::string data_dir;        // default: see DefaultDataDir()
   std::string log_level = "info";
   Millis shutdown_timeout{10000};
   IngestOptions ingest;

@@ -141,3 +141,57 @@ def test_unknown_pending_action(daemon):
     waiter(daemon, "00000000-0000-4000-8000-000000000000", out).join(timeout=10)
     assert isinstance(out[-1][1], grpc.RpcError)
     assert out[-1][1].code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_local_http_endpoints_need_the_admin_key(make_daemon, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    p = tmp_path / "policy.yaml"
+    p.write_text(POLICY)
+    key = "local-admin-key-0123456789"
+    d = make_daemon(args=["--set", f"policy.file={p}"], env={"TOOLGATE_ADMIN_KEY": key}).start()
+    r = ask(d, "send_payment")
+    base = d.http_address + "/v1/guardian/pending-actions"
+
+    def call(path="", body=None, auth=key):
+        req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None)
+        if auth:
+            req.add_header("Authorization", "Bearer " + auth)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert call(auth=None)[0] == 401
+    status, body = call(auth="wrong")
+    assert status == 401 and body["error"]["code"] == "AUTHENTICATION_FAILED"
+    status, body = call()
+    assert status == 200 and body["nextCursor"] is None
+    assert [a["id"] for a in body["pendingActions"]] == [r.pending_action_id]
+    assert body["pendingActions"][0]["status"] == "pending"
+    decide = f"/{r.pending_action_id}/decide"
+    assert call(decide, {"decision": "maybe", "approverId": "x"})[0] == 400
+    assert call(decide, {"decision": "rejected", "approverId": "x"})[0] == 400  # no reason
+    updates = []
+    t = waiter(d, r.pending_action_id, updates)
+    status, body = call(decide, {"decision": "approved", "reason": "ok", "approverId": "erin"})
+    assert status == 200 and body["pendingAction"]["status"] == "approved"
+    t.join(timeout=10)
+    assert updates[-1][1].status == policy_pb2.APPROVED and updates[-1][1].approver_id == "erin"
+    status, body = call(decide, {"decision": "approved", "approverId": "erin"})
+    assert status == 409 and body["error"]["code"] == "CONFLICT"
+    assert call("/nope/decide", {"decision": "approved", "approverId": "x"})[0] == 404
+    assert key not in d.logs()
+
+
+def test_local_http_endpoints_are_off_without_an_admin_key(daemon):
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(daemon.http_address + "/v1/guardian/pending-actions", timeout=10)
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
