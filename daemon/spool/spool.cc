@@ -264,11 +264,7 @@ absl::Status Spool::Init() {
        }) {
     if (absl::Status s = Exec(sql.c_str()); !s.ok()) return s;
   }
-  {
-    Stmt s(db_, "SELECT session_id, last_hash FROM chain_heads");
-    while (sqlite3_step(s.get()) == SQLITE_ROW)
-      chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
-  }
+  LoadHeads();
   {
     Stmt s(db_, "SELECT coalesce(sum(count), 0), coalesce(sum(length(body)), 0) FROM chunks");
     if (sqlite3_step(s.get()) == SQLITE_ROW) {
@@ -292,6 +288,12 @@ absl::Status Spool::Init() {
                            {"sessions", chainer_.sessions()},
                            {"dead_letters", dead_letters_.load()}});
   return absl::OkStatus();
+}
+
+void Spool::LoadHeads() {
+  chainer_ = chain::Chainer();
+  Stmt s(db_, "SELECT session_id, last_hash FROM chain_heads");
+  while (sqlite3_step(s.get()) == SQLITE_ROW) chainer_.SetHead(Text(s.get(), 0), Text(s.get(), 1));
 }
 
 absl::StatusOr<std::unique_ptr<Reader>> Spool::NewReader() {
@@ -647,36 +649,15 @@ void Spool::WriterLoop() {
     if (failed_.load()) {
       status = absl::UnavailableError("spool failed earlier and refuses writes: " + failure_);
     } else {
-      // Counters and chain heads change as rows are written; keep copies to undo a rollback.
+      // Counters change as rows are written; keep copies to undo a rollback. (Chain heads are
+      // reloaded from the store instead: rollbacks are rare, commits are not.)
       const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_,
                                 queue_bytes_,   dead_letters_, evicted_};
-      std::unordered_map<std::string, std::string> saved_heads;
       const auto saved_done = done_;
-      for (const Op& op : batch) {
-        for (const auto& ev : op.events) {
-          if (saved_heads.count(ev.session_id)) continue;
-          const std::string* h = chainer_.Head(ev.session_id);
-          saved_heads[ev.session_id] = h ? *h : std::string();
-        }
-      }
-      const auto t0 = std::chrono::steady_clock::now();
       status = Exec("BEGIN IMMEDIATE");
       if (status.ok()) status = ApplyBatch(batch);
-      const auto t1 = std::chrono::steady_clock::now();
       if (status.ok()) {
         status = Exec("COMMIT");
-        if (debug_timing_) {
-          const auto t2 = std::chrono::steady_clock::now();
-          size_t events = 0;
-          for (const Op& op : batch) events += op.events.size();
-          LogDebug(
-              "spool commit",
-              {{"ops", batch.size()},
-               {"events", events},
-               {"apply_us", std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count()},
-               {"commit_us",
-                std::chrono::duration_cast<std::chrono::microseconds>(t2 - t1).count()}});
-        }
         if (!status.ok() && !absl::IsResourceExhausted(status)) {
           // The commit (and its fsync) failed: what is on disk is unknown. Stop writing.
           failure_ = std::string(status.message());
@@ -697,7 +678,7 @@ void Spool::WriterLoop() {
         queue_bytes_ = saved[3];
         dead_letters_ = saved[4];
         evicted_ = saved[5];
-        for (auto& [session, hash] : saved_heads) chainer_.SetHead(session, hash);
+        LoadHeads();
         done_ = saved_done;
         if (absl::IsResourceExhausted(status)) {
           LogWarn("spool: disk full, appends refused until space returns",

@@ -160,6 +160,8 @@ class Spool {
   struct Op;
   Spool(SpoolOptions options, Clock* clock, sqlite3* db);
   absl::Status Init();
+  // (Re)loads the chain heads from the store: at start-up and after a rolled-back commit.
+  void LoadHeads();
   void Enqueue(Op op, bool lazy = false);
   void WriterLoop();
   absl::Status ApplyBatch(std::vector<Op>& ops);
@@ -191,7 +193,6 @@ class Spool {
   std::string failure_;               // writer thread; copied under mu_ into failure_copy_
   std::string failure_copy_;          // guarded by mu_
   int64_t last_age_eviction_ms_ = 0;  // writer thread only
-  const bool debug_timing_ = std::getenv("TOOLGATE_DEBUG_SPOOL_TIMING") != nullptr;
 
   std::thread writer_;
 };
