@@ -38,11 +38,14 @@ def daemon(make_daemon, tmp_path):
     return make_daemon(args=["--set", f"policy.file={p}"]).start()
 
 
+ARG_MARKER = "raw-argument-marker-7f3e9a"
+
+
 def ask(d, tool, amount=5000, session="s-g"):
     stub = policy_pb2_grpc.PolicyStub(d.channel())
     return stub.Check(policy_pb2.CheckRequest(action=policy_pb2.Action(
         agent_id="pay-agent", session_id=session, tool_name=tool,
-        arguments_json=json.dumps({"amount": amount}))), timeout=10)
+        arguments_json=json.dumps({"amount": amount, "memo": ARG_MARKER}))), timeout=10)
 
 
 def waiter(d, pending_id, out, heartbeat_ms=100):
@@ -70,7 +73,10 @@ def test_approve_wakes_the_waiting_agent_at_once(daemon):
     listed = json.loads(daemon.cli("--output", "json", "pending").stdout)["actions"]
     assert [a["id"] for a in listed] == [r.pending_action_id]
     assert listed[0]["rule_id"] == "big-payment"
-    assert "5000" not in json.dumps(listed)  # the arguments are not kept, only their hash
+    assert ARG_MARKER not in json.dumps(listed)  # the arguments are not kept, only their hash
+    assert listed[0]["arguments_hash"]
+    for f in daemon.data_dir.iterdir():
+        assert ARG_MARKER.encode() not in f.read_bytes(), f
     decided_at = time.monotonic()
     out = daemon.cli("approve", r.pending_action_id, "--reason", "invoice checked",
                      "--approver", "alice")
