@@ -13,8 +13,8 @@ normalize::NormalizedEvent Ev(int i) {
   e.session_id = "s";
   e.agent_id = "a";
   e.event_id = "id-" + std::to_string(i);
-  e.head = R"({"eventId":"id-)" + std::to_string(i) + R"(","payload":{})";
-  e.tail = R"(,"sessionId":"s"})";
+  e.SetParts(R"({"eventId":"id-)" + std::to_string(i) + R"(","payload":{})",
+             R"(,"sessionId":"s"})");
   return e;
 }
 

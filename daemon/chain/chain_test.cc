@@ -11,9 +11,9 @@ normalize::NormalizedEvent Ev(const std::string& session, const std::string& id)
   normalize::NormalizedEvent e;
   e.session_id = session;
   e.event_id = id;
-  e.head = R"({"agentId":"a","category":"session_start","eventId":")" + id + R"(","payload":{})";
-  e.tail = R"(,"schemaVersion":"1.0","sessionId":")" + session +
-           R"(","sourceTimestamp":"2026-01-01T00:00:00Z"})";
+  e.SetParts(R"({"agentId":"a","category":"session_start","eventId":")" + id + R"(","payload":{})",
+             R"(,"schemaVersion":"1.0","sessionId":")" + session +
+                 R"(","sourceTimestamp":"2026-01-01T00:00:00Z"})");
   return e;
 }
 

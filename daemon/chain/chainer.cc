@@ -6,18 +6,18 @@ namespace toolgate::chain {
 
 void AppendAssembled(const normalize::NormalizedEvent& ev, const std::string& previous_hash,
                      std::string* out) {
-  out->append(ev.head);
+  out->append(ev.head());
   if (!previous_hash.empty()) {
     out->append(",\"previousHash\":\"");
     out->append(previous_hash);
     out->push_back('"');
   }
-  out->append(ev.tail);
+  out->append(ev.tail());
 }
 
 std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash) {
   std::string out;
-  out.reserve(ev.head.size() + ev.tail.size() + 84);
+  out.reserve(ev.envelope.size() + 84);
   AppendAssembled(ev, previous_hash, &out);
   return out;
 }

@@ -62,7 +62,8 @@ grpc::ServerUnaryReactor* EventsService::Record(grpc::CallbackServerContext* ctx
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
-  for (const auto& e : events) response->add_event_ids(e.event_id);
+  // The ids go to the answer; the spool has no use for them (they are in the envelope).
+  for (auto& e : events) response->add_event_ids(std::move(e.event_id));
   const size_t n = events.size();
   const std::string pushback = std::to_string(retry_after_.count());
   spool_->Append(std::move(events), [this, reactor, ctx, n, pushback](const absl::Status& s) {
@@ -109,7 +110,7 @@ class EventsService::StreamReactor final
     }
     StreamAck ok_ack;
     ok_ack.set_sequence(sequence);
-    for (const auto& e : events) ok_ack.add_event_ids(e.event_id);
+    for (auto& e : events) ok_ack.add_event_ids(std::move(e.event_id));
     const size_t n = events.size();
     {
       std::lock_guard<std::mutex> l(mu_);

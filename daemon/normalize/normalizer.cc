@@ -299,7 +299,7 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
   out->session_id = in.session_id();
 
   // Envelope members in JCS (byte) order; "previousHash" goes between head and tail.
-  std::string& h = out->head;
+  std::string& h = out->envelope;
   h.clear();
   h.reserve(256 + payload_text.size());
   h.push_back('{');
@@ -322,8 +322,8 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
   h += ",\"payload\":";
   h += payload_text;
 
-  std::string& t = out->tail;
-  t.clear();
+  out->split = h.size();
+  std::string& t = out->envelope;
   bool tail_first = false;  // the tail always follows the head's members
   opt(&t, "runId", a.run_id(), &tail_first);
   AppendMember(&t, "schemaVersion", "1.0", &tail_first);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "daemon/common/clock.h"
@@ -27,10 +28,20 @@ struct NormalizedEvent {
   std::string event_id;
   std::string agent_id;
   std::string session_id;
-  std::string head;  // "{" ... "payload":{...}
-  std::string tail;  // ,"runId":... "}"
+  // The canonical envelope without previousHash, and where it goes: JCS orders keys, and
+  // "previousHash" falls right after "payload", so the chain stage only splices it in. One
+  // string (not two) because every allocation here is freed on another thread.
+  std::string envelope;
+  size_t split = 0;
 
-  size_t size() const { return head.size() + tail.size() + 81; }
+  std::string_view head() const { return std::string_view(envelope).substr(0, split); }
+  std::string_view tail() const { return std::string_view(envelope).substr(split); }
+  void SetParts(std::string_view head, std::string_view tail) {
+    envelope.assign(head);
+    split = envelope.size();
+    envelope.append(tail);
+  }
+  size_t size() const { return envelope.size() + 81; }
 };
 
 class Normalizer {

@@ -23,7 +23,7 @@ Event ToolEvent(const std::string& args) {
   return e;
 }
 
-nlohmann::json Envelope(const NormalizedEvent& n) { return nlohmann::json::parse(n.head + n.tail); }
+nlohmann::json Envelope(const NormalizedEvent& n) { return nlohmann::json::parse(n.envelope); }
 
 class NormalizerTest : public ::testing::Test {
  protected:
@@ -45,10 +45,9 @@ TEST_F(NormalizerTest, ToolCallIsHashedCanonicallyAndArgumentsDropped) {
   EXPECT_EQ(env["sessionId"], "s-1");
   EXPECT_EQ(env["eventId"].get<std::string>().size(), 36u);
   EXPECT_EQ(env["sourceTimestamp"], "2023-11-14T22:13:20.000000Z");
-  EXPECT_EQ(n.head.find("secret-value-123"), std::string::npos);
-  EXPECT_EQ(n.tail.find("secret-value-123"), std::string::npos);
+  EXPECT_EQ(n.envelope.find("secret-value-123"), std::string::npos);
   // The envelope as built is already canonical.
-  EXPECT_EQ(*CanonicalizeJson(n.head + n.tail), n.head + n.tail);
+  EXPECT_EQ(*CanonicalizeJson(n.envelope), n.envelope);
 }
 
 TEST_F(NormalizerTest, HmacKeyChangesTheHash) {
@@ -71,7 +70,7 @@ TEST_F(NormalizerTest, KeepsGivenIdsTimestampsAndAttribution) {
   EXPECT_EQ(env["sourceTimestamp"], "2026-01-02T03:04:05+02:00");
   EXPECT_EQ(env["traceId"], "t-1");
   EXPECT_EQ(env["initiatorType"], "human");
-  EXPECT_EQ(*CanonicalizeJson(n.head + n.tail), n.head + n.tail);
+  EXPECT_EQ(*CanonicalizeJson(n.envelope), n.envelope);
 }
 
 TEST_F(NormalizerTest, BadInputNamesTheField) {
@@ -132,7 +131,7 @@ TEST_F(NormalizerTest, OtherKindsBuildTheirPayloads) {
   e.mutable_generic()->set_payload_json(R"({"z":1,"a":[true,null]})");
   ASSERT_TRUE(normalizer_.Normalize(e, "e", &n).ok());
   EXPECT_EQ(Envelope(n)["payload"], nlohmann::json::parse(R"({"a":[true,null],"z":1})"));
-  EXPECT_EQ(*CanonicalizeJson(n.head + n.tail), n.head + n.tail);
+  EXPECT_EQ(*CanonicalizeJson(n.envelope), n.envelope);
 }
 
 }  // namespace

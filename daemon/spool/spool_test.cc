@@ -15,11 +15,11 @@ normalize::NormalizedEvent Ev(const std::string& session, int i, size_t pad = 0)
   e.session_id = session;
   e.agent_id = "agent";
   e.event_id = NewUuid();
-  e.head = R"({"agentId":"agent","category":"x-test","eventId":")" + e.event_id +
-           R"(","payload":{"i":)" + std::to_string(i) + R"(,"pad":")" + std::string(pad, 'p') +
-           R"("})";
-  e.tail = R"(,"schemaVersion":"1.0","sessionId":")" + session +
-           R"(","sourceTimestamp":"2026-01-01T00:00:00Z"})";
+  e.SetParts(R"({"agentId":"agent","category":"x-test","eventId":")" + e.event_id +
+                 R"(","payload":{"i":)" + std::to_string(i) + R"(,"pad":")" +
+                 std::string(pad, 'p') + R"("})",
+             R"(,"schemaVersion":"1.0","sessionId":")" + session +
+                 R"(","sourceTimestamp":"2026-01-01T00:00:00Z"})");
   return e;
 }
 
