@@ -15,7 +15,10 @@ ABSL=$(pkg-config --libs absl_statusor absl_status absl_strings)
 
 build() {
   local name=$1; shift
-  if [ ! -x "$out/${name}_fuzz" ] || [ -n "$(find "$@" -newer "$out/${name}_fuzz" 2>/dev/null)" ]; then
+  # Rebuilt when any source or header it may include changed.
+  if [ ! -x "$out/${name}_fuzz" ] ||
+     [ -n "$(find "$@" daemon tests/fuzz -name '*.h' -newer "$out/${name}_fuzz" 2>/dev/null)" ] ||
+     [ -n "$(find "$@" -newer "$out/${name}_fuzz" 2>/dev/null)" ]; then
     "$CXX" "${FLAGS[@]}" "$@" -o "$out/${name}_fuzz" $ABSL $(pkg-config --libs absl_time) -lyaml-cpp -lre2 -lcrypto
   fi
 }

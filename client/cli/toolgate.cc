@@ -68,6 +68,9 @@ struct Cli {
   std::vector<std::string> args;
 };
 
+// The daemon's default socket places (config::DefaultSocketPath) in the same order, but probed
+// for an existing socket we may write to: a member of the socket's group is not root and
+// cannot create files in /run/toolgate, yet can connect.
 std::string DefaultAddress() {
   if (const char* a = std::getenv("TOOLGATE_ADDRESS"); a && *a) return a;
   std::vector<std::string> candidates;
@@ -78,6 +81,7 @@ std::string DefaultAddress() {
   if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
     candidates.push_back(std::string(x) + "/toolgate/toolgate.sock");
   }
+  candidates.push_back("/tmp/toolgate-" + std::to_string(getuid()) + "/toolgate.sock");
   for (const auto& c : candidates) {
     if (access(c.c_str(), W_OK) == 0) return "unix:" + c;
   }

@@ -114,7 +114,6 @@ struct Daemon::Impl {
     r->set_uptime_s(static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
             .count()));
-    r->set_breaker_state("closed");
     r->set_policy_revision(policies->revision());
     if (shipper) {
       const shipper::ShipperStats sh = shipper->stats();

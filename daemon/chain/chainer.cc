@@ -15,25 +15,6 @@ void AppendAssembled(const normalize::NormalizedEvent& ev, const std::string& pr
   out->append(ev.tail());
 }
 
-std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash) {
-  std::string out;
-  out.reserve(ev.envelope.size() + 84);
-  AppendAssembled(ev, previous_hash, &out);
-  return out;
-}
-
-std::string Chainer::Link(const normalize::NormalizedEvent& ev, std::string* bytes) {
-  auto it = heads_.find(ev.session_id);
-  *bytes = Assemble(ev, it == heads_.end() ? std::string() : it->second);
-  std::string hash = Sha256Hex(*bytes);
-  if (it == heads_.end()) {
-    heads_.emplace(ev.session_id, hash);
-  } else {
-    it->second = hash;
-  }
-  return hash;
-}
-
 const std::string& Chainer::LinkAppend(const normalize::NormalizedEvent& ev, std::string* out) {
   auto [it, inserted] = heads_.try_emplace(ev.session_id);
   const size_t start = out->size();

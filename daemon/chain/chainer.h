@@ -18,10 +18,8 @@ namespace toolgate::chain {
 
 class Chainer {
  public:
-  // Writes the event's final canonical bytes to `bytes` and returns their hash, which becomes
-  // the session's head.
-  std::string Link(const normalize::NormalizedEvent& ev, std::string* bytes);
-  // Same, appending the bytes to `out` (the spool's chunk) instead of a string of their own.
+  // Appends the event's final canonical bytes to `out` (the spool's chunk) and returns their
+  // hash, which becomes the session's head.
   const std::string& LinkAppend(const normalize::NormalizedEvent& ev, std::string* out);
 
   // The session's head, or nullptr for a session with no events yet.
@@ -33,8 +31,7 @@ class Chainer {
   std::unordered_map<std::string, std::string> heads_;
 };
 
-// The canonical envelope with the given previousHash ("" for the first event).
-std::string Assemble(const normalize::NormalizedEvent& ev, const std::string& previous_hash);
+// Appends the canonical envelope with the given previousHash ("" for the first event).
 void AppendAssembled(const normalize::NormalizedEvent& ev, const std::string& previous_hash,
                      std::string* out);
 

@@ -18,7 +18,11 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 EventsService::EventsService(config::IngestOptions options, const normalize::Normalizer* normalizer,
                              spool::Spool* spool, config::Millis retry_after)
-    : options_(options), normalizer_(normalizer), spool_(spool), retry_after_(retry_after) {}
+    : options_(options),
+      normalizer_(normalizer),
+      spool_(spool),
+      retry_after_(retry_after),
+      retry_after_text_(std::to_string(retry_after.count())) {}
 
 absl::Status EventsService::NormalizeAll(
     const google::protobuf::RepeatedPtrField<toolgate::v1::Event>& in,
@@ -65,12 +69,11 @@ grpc::ServerUnaryReactor* EventsService::Record(grpc::CallbackServerContext* ctx
   // The ids go to the answer; the spool has no use for them (they are in the envelope).
   for (auto& e : events) response->add_event_ids(std::move(e.event_id));
   const size_t n = events.size();
-  const std::string pushback = std::to_string(retry_after_.count());
-  spool_->Append(std::move(events), [this, reactor, ctx, n, pushback](const absl::Status& s) {
+  spool_->Append(std::move(events), [this, reactor, ctx, n](const absl::Status& s) {
     Count(s, n);
     if (absl::IsResourceExhausted(s)) {
       // The standard gRPC retry pushback trailer: clients with a retry policy honour it.
-      ctx->AddTrailingMetadata("grpc-retry-pushback-ms", pushback);
+      ctx->AddTrailingMetadata("grpc-retry-pushback-ms", retry_after_text_);
     }
     reactor->Finish(ToGrpc(s));
   });

@@ -54,6 +54,7 @@ class EventsService final : public toolgate::v1::Events::CallbackService {
   const normalize::Normalizer* const normalizer_;
   spool::Spool* const spool_;
   const config::Millis retry_after_;
+  const std::string retry_after_text_;  // the grpc-retry-pushback-ms trailer's value
   std::atomic<uint64_t> events_received_{0}, events_invalid_{0}, refused_full_{0};
   std::atomic<uint64_t> streams_open_{0};
 };

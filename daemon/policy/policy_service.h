@@ -51,7 +51,8 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* WaitForDecision(
       grpc::CallbackServerContext* ctx, const toolgate::v1::WaitRequest* request) override;
 
-  // Decides without RPC or audit (also used by `toolgate policy test` through the same code).
+  // Validates and decides `action` (and creates its pending action when approval is needed);
+  // no RPC, no audit record.
   absl::Status Decide(const toolgate::v1::Action& action, toolgate::v1::CheckResponse* response,
                       std::string* arguments_hash);
 

@@ -91,7 +91,6 @@ struct Stats {
   uint64_t queue_depth = 0;  // events waiting to be shipped
   uint64_t queue_bytes = 0;
   uint64_t dead_letters = 0;
-  uint64_t sessions = 0;
   uint64_t commits = 0;
   uint64_t appended = 0;
   uint64_t evicted = 0;
