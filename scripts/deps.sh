@@ -11,6 +11,7 @@ PACKAGES=(
   prometheus-cpp-dev libsystemd-dev libjemalloc-dev libdeflate-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf python3-pytest
+  python3-grpc-tools python3-setuptools python3-pip
 )
 
 missing=()
