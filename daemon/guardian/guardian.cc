@@ -131,14 +131,13 @@ absl::StatusOr<PendingAction> Guardian::Load(const std::string& id) {
   return a;
 }
 
-absl::StatusOr<PendingAction> Guardian::Create(const toolgate::v1::Action& action,
-                                               const std::string& arguments_hash,
-                                               const std::string& rule_id,
-                                               const std::string& reason,
-                                               std::chrono::milliseconds timeout,
-                                               toolgate::v1::Decision on_timeout) {
+absl::StatusOr<PendingAction> Guardian::Create(
+    const toolgate::v1::Action& action, const std::string& arguments_hash,
+    const std::string& rule_id, const std::string& reason, std::chrono::milliseconds timeout,
+    toolgate::v1::Decision on_timeout, const std::string& upstream_id) {
   PendingAction a;
   a.set_id(NewUuid());
+  a.set_upstream_id(upstream_id);
   *a.mutable_action() = action;
   a.mutable_action()->clear_arguments_json();  // never stored
   a.set_arguments_hash(arguments_hash);
@@ -149,11 +148,35 @@ absl::StatusOr<PendingAction> Guardian::Create(const toolgate::v1::Action& actio
   a.set_expires_at(MsToText(now + timeout.count()));
   a.set_status(toolgate::v1::PENDING);
   a.set_on_timeout(on_timeout == toolgate::v1::ALLOW ? toolgate::v1::ALLOW : toolgate::v1::DENY);
-  std::lock_guard<std::mutex> l(mu_);
-  if (absl::Status s = Store(a); !s.ok()) return s;
-  expiries_.emplace(now + timeout.count(), a.id());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (absl::Status s = Store(a); !s.ok()) return s;
+    expiries_.emplace(now + timeout.count(), a.id());
+  }
   cv_.notify_all();
+  Notify(a);
   return a;
+}
+
+uint64_t Guardian::AddListener(Listener listener) {
+  std::lock_guard<std::mutex> l(listeners_mu_);
+  const uint64_t token = next_listener_++;
+  listeners_.emplace(token, std::make_shared<Listener>(std::move(listener)));
+  return token;
+}
+
+void Guardian::RemoveListener(uint64_t token) {
+  std::lock_guard<std::mutex> l(listeners_mu_);
+  listeners_.erase(token);
+}
+
+void Guardian::Notify(const PendingAction& a) {
+  std::vector<std::shared_ptr<Listener>> copy;
+  {
+    std::lock_guard<std::mutex> l(listeners_mu_);
+    for (const auto& [token, listener] : listeners_) copy.push_back(listener);
+  }
+  for (const auto& listener : copy) (*listener)(a);
 }
 
 absl::Status Guardian::Finalize(PendingAction* a, std::vector<Waiter>* to_call) {
@@ -202,6 +225,7 @@ absl::StatusOr<PendingAction> Guardian::Decide(const std::string& id, bool appro
                                 {"rule", a.rule_id()}});
   audit_(a);
   for (auto& w : to_call) w(a);
+  Notify(a);
   return a;
 }
 
@@ -296,6 +320,7 @@ void Guardian::ExpiryLoop() {
       LogInfo("guardian: expired", {{"id", id}, {"rule", a.rule_id()}});
       audit_(a);
       for (auto& w : to_call) w(a);
+      Notify(a);
       l.lock();
       continue;
     }

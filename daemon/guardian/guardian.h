@@ -38,17 +38,27 @@ class Guardian {
  public:
   using Waiter = std::function<void(const PendingAction&)>;
   using AuditSink = std::function<void(const PendingAction&)>;
+  // Told of every new pending action (status PENDING) and of every decision, after it is
+  // stored, on the creating or deciding thread: must not block (enqueue and return).
+  using Listener = std::function<void(const PendingAction&)>;
 
   static absl::StatusOr<std::unique_ptr<Guardian>> Open(const std::string& path, Clock* clock,
                                                         AuditSink audit);
   ~Guardian();
 
   // Holds `action` pending until decided or until `timeout` passes (then `on_timeout`).
+  // `upstream_id`: the upstream's id of the same pending action (remote policy mode), whose
+  // decision the upstream poller applies; empty for a local one.
   absl::StatusOr<PendingAction> Create(const toolgate::v1::Action& action,
                                        const std::string& arguments_hash,
                                        const std::string& rule_id, const std::string& reason,
                                        std::chrono::milliseconds timeout,
-                                       toolgate::v1::Decision on_timeout);
+                                       toolgate::v1::Decision on_timeout,
+                                       const std::string& upstream_id = "");
+
+  // Adds a listener (see Listener); returns a token for RemoveListener.
+  uint64_t AddListener(Listener listener);
+  void RemoveListener(uint64_t token);
 
   // Approves or rejects. NOT_FOUND for an unknown id; FAILED_PRECONDITION when already decided
   // (the message says how and by whom).
@@ -75,6 +85,7 @@ class Guardian {
   // Marks `a` decided, stores it, and collects its waiters. Requires mu_.
   absl::Status Finalize(PendingAction* a, std::vector<Waiter>* to_call);
   void ExpiryLoop();
+  void Notify(const PendingAction& a);
 
   sqlite3* const db_;
   Clock* const clock_;
@@ -88,6 +99,10 @@ class Guardian {
   uint64_t next_token_ = 1;                                    // mu_
   bool closing_ = false;                                       // mu_
   std::thread expiry_;
+
+  std::mutex listeners_mu_;
+  std::map<uint64_t, std::shared_ptr<Listener>> listeners_;  // guarded by listeners_mu_
+  uint64_t next_listener_ = 1;                               // guarded by listeners_mu_
 };
 
 }  // namespace toolgate::guardian

@@ -204,6 +204,7 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
       payload.Str("agentName", i.agent_name());
       payload.StrIfSet("version", i.version());
       payload.StrArray("capabilities", i.capabilities());
+      payload.StrIfSet("snapshotHash", i.snapshot_hash());
       break;
     }
     case Event::kReasoning: {

@@ -367,8 +367,9 @@ uint64_t Fnv1a(std::string_view s, uint64_t h = 14695981039346656037ull) {
 struct Conditions {
   std::vector<std::pair<int, StringMatcher>> fields;  // (Field, matcher)
   std::vector<Predicate> arguments;
+  int tool_in_snapshot = -1;  // -1: no condition; 0/1: the tool must (not) be in the snapshot
 
-  bool empty() const { return fields.empty() && arguments.empty(); }
+  bool empty() const { return fields.empty() && arguments.empty() && tool_in_snapshot < 0; }
   const StringMatcher* field(int f) const {
     for (const auto& [ff, m] : fields) {
       if (ff == f) return &m;
@@ -382,6 +383,10 @@ struct Conditions {
     }
     for (const Predicate& p : arguments) {
       if (!p.Holds(a.arguments)) return false;
+    }
+    if (tool_in_snapshot >= 0) {
+      const bool in = a.registered_tools != nullptr && a.registered_tools->Has(a.tool_name);
+      if (in != (tool_in_snapshot == 1)) return false;
     }
     return true;
   }
@@ -1149,7 +1154,7 @@ class Compiler {
     if (absl::Status s =
             CheckKeys(n, path,
                       {"agent_id", "tool_name", "tool_type", "operation", "target_system",
-                       "initiator_type", "initiator_id", "arguments"});
+                       "initiator_type", "initiator_id", "arguments", "tool_in_snapshot"});
         !s.ok()) {
       return s;
     }
@@ -1168,6 +1173,13 @@ class Compiler {
       if (m.matches_everything()) continue;  // "*" in the list: the condition always holds
       m.Finish();
       out->fields.emplace_back(f, std::move(m));
+    }
+    if (const YamlNode* t = Get(n, "tool_in_snapshot")) {
+      const std::string tpath = Join(path, "tool_in_snapshot");
+      if (!t->IsScalar() || (t->scalar != "true" && t->scalar != "false")) {
+        return Err(*t, tpath, "expected true or false");
+      }
+      out->tool_in_snapshot = t->scalar == "true" ? 1 : 0;
     }
     if (const YamlNode* a = Get(n, "arguments")) {
       const std::string apath = Join(path, "arguments");

@@ -44,6 +44,14 @@ inline constexpr int kMaxNestingDepth = 64;
 
 // What an agent is about to do. All strings may be empty. The pointed-to arguments must outlive
 // the Evaluate call.
+// The tools an agent registered with its snapshot (Agents.Register), for the condition
+// `tool_in_snapshot`. Implementations are immutable and thread-safe.
+class ToolLookup {
+ public:
+  virtual ~ToolLookup() = default;
+  virtual bool Has(std::string_view tool_name) const = 0;
+};
+
 struct Action {
   std::string agent_id;
   std::string session_id;
@@ -54,6 +62,9 @@ struct Action {
   std::string initiator_type;
   std::string initiator_id;
   const nlohmann::json* arguments = nullptr;  // parsed arguments; null = no arguments
+  // The agent's registered tools; null when the agent never registered (then no tool is in
+  // its snapshot).
+  const ToolLookup* registered_tools = nullptr;
 };
 
 enum class Effect : uint8_t { kAllow, kDeny, kRequireApproval };

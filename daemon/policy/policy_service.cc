@@ -47,8 +47,8 @@ PolicyService::~PolicyService() {
   if (heartbeat_.joinable()) heartbeat_.join();
 }
 
-absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse* response,
-                                   std::string* arguments_hash) {
+absl::Status PolicyService::Validate(const toolgate::v1::Action& a, nlohmann::json* args,
+                                     std::string* arguments_hash) {
   auto invalid = [](const char* field, const std::string& rule) {
     return absl::InvalidArgumentError(std::string("action.") + field + ": " + rule);
   };
@@ -62,27 +62,42 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
   if (a.arguments_json().size() > max_argument_bytes_) {
     return invalid("arguments_json", "larger than ingest.max_argument_bytes");
   }
-  nlohmann::json args;
   const std::string& text = a.arguments_json().empty() ? "{}" : a.arguments_json();
-  args = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (args.is_discarded()) return invalid("arguments_json", "must be JSON");
+  *args = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (args->is_discarded()) return invalid("arguments_json", "must be JSON");
   auto canonical = normalize::CanonicalizeJson(text);
   if (!canonical.ok()) {
     return invalid("arguments_json", "must be JSON: " + std::string(canonical.status().message()));
   }
   *arguments_hash = normalizer_->HashArguments(*canonical);
+  return absl::OkStatus();
+}
 
+absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse* response,
+                                   std::string* arguments_hash) {
+  nlohmann::json args;
+  if (absl::Status s = Validate(a, &args, arguments_hash); !s.ok()) return s;
   response->set_decision_id(NewUuid());
   auto rules = source_->Current();
+  if (!rules && options_.mode == "sync") {
+    // Nothing synced yet (and nothing cached): the failure mode decides, and says so.
+    const bool open = options_.failure_mode == "open";
+    response->set_decision(open ? toolgate::v1::ALLOW : toolgate::v1::DENY);
+    response->set_source(open ? toolgate::v1::FAILED_OPEN : toolgate::v1::FAILED_CLOSED);
+    response->set_reason(std::string("no rules synced from the upstream yet: failing ") +
+                         (open ? "open" : "closed"));
+    return absl::OkStatus();
+  }
   if (!rules) {
     response->set_decision(toolgate::v1::ALLOW);
     response->set_source(toolgate::v1::LOCAL_DEFAULT);
     response->set_reason("no policy configured");
     return absl::OkStatus();
   }
-  Action action{a.agent_id(),       a.session_id(),   a.tool_name(),
-                a.tool_type(),      a.operation(),    a.target_system(),
-                a.initiator_type(), a.initiator_id(), &args};
+  const std::shared_ptr<const ToolLookup> tools = tools_of_ ? tools_of_(a.agent_id()) : nullptr;
+  Action action{a.agent_id(),  a.session_id(),    a.tool_name(),      a.tool_type(),
+                a.operation(), a.target_system(), a.initiator_type(), a.initiator_id(),
+                &args,         tools.get()};
   const Decision d = rules->Evaluate(action, &rate_state_, clock_->Now());
   response->set_decision(ToProto(d.effect));
   response->set_rule_id(std::string(d.rule_id));
@@ -112,13 +127,60 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
                                                CheckResponse* response) {
   auto* reactor = ctx->DefaultReactor();
   std::string hash;
-  absl::Status s = Decide(request->action(), response, &hash);
+  absl::Status s;
+  if (remote_ != nullptr) {
+    nlohmann::json args;
+    s = Validate(request->action(), &args, &hash);
+    if (s.ok()) {
+      CheckRemote(reactor, request, response, std::move(hash));
+      return reactor;
+    }
+  } else {
+    s = Decide(request->action(), response, &hash);
+  }
   if (!s.ok()) {
     if (absl::IsInvalidArgument(s)) invalid_.fetch_add(1, std::memory_order_relaxed);
     reactor->Finish(
         grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message())));
     return reactor;
   }
+  Answer(reactor, request->action(), response, hash);
+  return reactor;
+}
+
+void PolicyService::CheckRemote(grpc::ServerUnaryReactor* reactor,
+                                const toolgate::v1::CheckRequest* request, CheckResponse* response,
+                                std::string arguments_hash) {
+  remote_->Check(request->action(), [this, reactor, request, response,
+                                     hash = std::move(arguments_hash)](RemoteVerdict v) {
+    response->set_decision_id(NewUuid());
+    response->set_decision(v.decision);
+    response->set_source(v.source);
+    response->set_reason(v.reason);
+    response->set_policy_revision("remote");
+    if (v.decision == toolgate::v1::REQUIRE_APPROVAL) {
+      if (guardian_ == nullptr) {
+        response->set_decision(toolgate::v1::DENY);
+        response->set_reason(v.reason + " (no guardian to hold the approval: denied)");
+      } else {
+        auto pending = guardian_->Create(request->action(), hash, "remote", v.reason,
+                                         options_.remote_approval_timeout, toolgate::v1::DENY,
+                                         v.pending_action_id);
+        if (!pending.ok()) {
+          reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(pending.status().code()),
+                                       std::string(pending.status().message())));
+          return;
+        }
+        response->set_pending_action_id(pending->id());
+        response->set_expires_at(pending->expires_at());
+      }
+    }
+    Answer(reactor, request->action(), response, hash);
+  });
+}
+
+void PolicyService::Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1::Action& a,
+                           CheckResponse* response, const std::string& hash) {
   switch (response->decision()) {
     case toolgate::v1::DENY:
       deny_.fetch_add(1, std::memory_order_relaxed);
@@ -129,26 +191,25 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
     default:
       allow_.fetch_add(1, std::memory_order_relaxed);
   }
-  if (options_.record_checks) {
-    // The event id is known before the answer; the event is built and appended after it, from
-    // copies (gRPC may free the request and response once Finish is called).
-    response->set_event_id(NewUuid());
-    const CheckResponse answer = *response;
-    toolgate::v1::Action action;
-    action.set_agent_id(request->action().agent_id());
-    action.set_session_id(request->action().session_id());
-    action.set_tool_name(request->action().tool_name());
-    action.set_tool_type(request->action().tool_type());
-    action.set_operation(request->action().operation());
-    action.set_target_system(request->action().target_system());
-    action.set_initiator_type(request->action().initiator_type());
-    action.set_initiator_id(request->action().initiator_id());
+  if (!options_.record_checks) {
     reactor->Finish(grpc::Status::OK);
-    Record(action, answer, hash);
-    return reactor;
+    return;
   }
+  // The event id is known before the answer; the event is built and appended after it, from
+  // copies (gRPC may free the request and response once Finish is called).
+  response->set_event_id(NewUuid());
+  const CheckResponse answer = *response;
+  toolgate::v1::Action action;
+  action.set_agent_id(a.agent_id());
+  action.set_session_id(a.session_id());
+  action.set_tool_name(a.tool_name());
+  action.set_tool_type(a.tool_type());
+  action.set_operation(a.operation());
+  action.set_target_system(a.target_system());
+  action.set_initiator_type(a.initiator_type());
+  action.set_initiator_id(a.initiator_id());
   reactor->Finish(grpc::Status::OK);
-  return reactor;
+  Record(action, answer, hash);
 }
 
 void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r,
@@ -175,6 +236,9 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
   };
   if (!r.rule_id().empty()) payload["ruleId"] = r.rule_id();
   if (!r.policy_revision().empty()) payload["policyRevision"] = r.policy_revision();
+  if (r.source() != toolgate::v1::LOCAL_RULE && r.source() != toolgate::v1::LOCAL_DEFAULT) {
+    payload["source"] = toolgate::v1::DecisionSource_Name(r.source());  // REMOTE, FAILED_OPEN…
+  }
   if (r.shadow()) payload["shadowDecision"] = toolgate::v1::Decision_Name(r.shadow_decision());
   ev.mutable_generic()->set_category("approval");
   ev.mutable_generic()->set_payload_json(payload.dump());
@@ -206,18 +270,29 @@ struct PolicyService::WaitState {
   std::deque<toolgate::v1::WaitUpdate> queue;                             // guarded by mu
   toolgate::v1::WaitUpdate current;                                       // guarded by mu
   bool writing = false, final_queued = false, finished = false;           // guarded by mu
+  grpc::Status end = grpc::Status::OK;  // how the call ends after its last update; guarded by mu
   std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
   std::chrono::milliseconds heartbeat{5000};
   std::string id;
   uint64_t token = 0;
 
+  // Requires mu. Shutdown: the wait ends without a decision (the client waits again on the
+  // next daemon: the pending action is durable).
+  void EndLocked() {
+    if (final_queued) return;
+    queue.clear();
+    final_queued = true;
+    end = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                       "toolgated is shutting down: wait again after it restarts");
+    WriteNextLocked();
+  }
   // Requires mu.
   void WriteNextLocked() {
     if (reactor == nullptr || writing || finished) return;
     if (queue.empty()) {
       if (final_queued) {
         finished = true;
-        reactor->Finish(grpc::Status::OK);
+        reactor->Finish(end);
       }
       return;
     }
@@ -260,6 +335,16 @@ class WaitReactor final : public grpc::ServerWriteReactor<toolgate::v1::WaitUpda
       return;
     }
     state_->WriteNextLocked();
+  }
+  // The client went away (cancelled, deadline): end the call now, not at the next heartbeat,
+  // so that nothing (a SIGTERM drain included) waits for it.
+  void OnCancel() override {
+    std::lock_guard<std::mutex> l(state_->mu);
+    if (!state_->finished) {
+      state_->finished = true;
+      state_->queue.clear();
+      Finish(grpc::Status::CANCELLED);
+    }
   }
   void OnDone() override {
     {
@@ -328,9 +413,19 @@ grpc::ServerWriteReactor<toolgate::v1::WaitUpdate>* PolicyService::WaitForDecisi
   {
     std::lock_guard<std::mutex> wl(waits_mu_);
     waits_.insert(state);
+    if (ending_) state->EndLocked();
   }
   state->WriteNextLocked();
   return reactor;
+}
+
+void PolicyService::EndWaits() {
+  std::lock_guard<std::mutex> l(waits_mu_);
+  ending_ = true;
+  for (const auto& state : waits_) {
+    std::lock_guard<std::mutex> sl(state->mu);
+    state->EndLocked();
+  }
 }
 
 void PolicyService::HeartbeatLoop() {

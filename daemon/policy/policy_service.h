@@ -7,6 +7,11 @@
 // delay the answer, and an append that fails (spool full) is logged and counted in
 // toolgate_check_audit_failures_total rather than turning an answer into an error.
 //
+// In remote mode (UseRemote) the decision comes from the upstream through RemoteChecker: the
+// gRPC thread validates and hashes, the answer is finished from the HTTP client's thread (or at
+// once from the cache or an open breaker) — no thread waits on the network. The answer's
+// `source` says REMOTE, REMOTE_CACHE, FAILED_OPEN or FAILED_CLOSED.
+//
 // REQUIRE_APPROVAL holds the action pending in the guardian (with the rule's approval_timeout
 // and on_timeout) and answers with its id; WaitForDecision streams heartbeats until the decision
 // lands, then the decision, pushed the moment it is made (no polling). Creating the pending
@@ -18,8 +23,10 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -29,6 +36,7 @@
 #include "daemon/normalize/normalizer.h"
 #include "daemon/policy/policy_source.h"
 #include "daemon/policy/rate_state.h"
+#include "daemon/policy/remote_checker.h"
 #include "daemon/spool/spool.h"
 #include "toolgate/v1/policy.grpc.pb.h"
 
@@ -56,9 +64,28 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   absl::Status Decide(const toolgate::v1::Action& action, toolgate::v1::CheckResponse* response,
                       std::string* arguments_hash);
 
+  // Remote mode: decisions from `remote` (not owned; outlives this). Call before serving.
+  void UseRemote(RemoteChecker* remote) { remote_ = remote; }
+  // The registered tools of an agent, for `tool_in_snapshot` (Agents.Register). Call before
+  // serving; without it no agent has registered tools.
+  using ToolsOf = std::function<std::shared_ptr<const ToolLookup>(const std::string& agent_id)>;
+  void SetToolsOf(ToolsOf tools_of) { tools_of_ = std::move(tools_of); }
+
   CheckStats stats() const;
 
+  // Shutdown: ends every WaitForDecision call (and any started later) with UNAVAILABLE, so that
+  // none holds the drain; the pending actions stay and can be waited for again.
+  void EndWaits();
+
  private:
+  // Validates the action and hashes its arguments (into `args` and `arguments_hash`).
+  absl::Status Validate(const toolgate::v1::Action& action, nlohmann::json* args,
+                        std::string* arguments_hash);
+  void CheckRemote(grpc::ServerUnaryReactor* reactor, const toolgate::v1::CheckRequest* request,
+                   toolgate::v1::CheckResponse* response, std::string arguments_hash);
+  // Counts the decision, answers, then records the check (after the answer).
+  void Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1::Action& action,
+              toolgate::v1::CheckResponse* response, const std::string& arguments_hash);
   void Record(const toolgate::v1::Action& action, const toolgate::v1::CheckResponse& response,
               const std::string& arguments_hash);
 
@@ -75,11 +102,14 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   spool::Spool* const spool_;
   Clock* const clock_;
   guardian::Guardian* const guardian_;
+  RemoteChecker* remote_ = nullptr;
+  ToolsOf tools_of_;
   RateState rate_state_;
   std::mutex waits_mu_;
   std::condition_variable waits_cv_;
   std::set<std::shared_ptr<WaitState>> waits_;  // guarded by waits_mu_
   bool stopping_ = false;                       // guarded by waits_mu_
+  bool ending_ = false;                         // guarded by waits_mu_
   std::thread heartbeat_;
   std::atomic<uint64_t> allow_{0}, deny_{0}, require_approval_{0}, invalid_{0};
   std::atomic<uint64_t> audit_failures_{0};

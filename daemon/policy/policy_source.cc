@@ -31,8 +31,9 @@ absl::Status PolicySource::Load() {
 }
 
 ReloadResult PolicySource::Reload() {
-  ReloadResult result;
+  if (reloader_) return reloader_();
   if (options_.file.empty()) {
+    ReloadResult result;
     result.error = "no policy file configured (policy.file)";
     return result;
   }
@@ -40,20 +41,37 @@ ReloadResult PolicySource::Reload() {
   std::ifstream in(options_.file, std::ios::binary);
   std::stringstream ss;
   if (in) ss << in.rdbuf();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stamp_ = stamp;
+  }
+  const std::string text = ss.str();
+  return Apply(in ? &text : nullptr, options_.file, "cannot read " + options_.file);
+}
+
+ReloadResult PolicySource::SetText(const std::string& text, const std::string& source_name) {
+  return Apply(&text, source_name, "");
+}
+
+void PolicySource::SetReloader(std::function<ReloadResult()> reloader) {
+  reloader_ = std::move(reloader);
+}
+
+ReloadResult PolicySource::Apply(const std::string* text, const std::string& source_name,
+                                 const std::string& read_error) {
+  ReloadResult result;
   std::lock_guard<std::mutex> l(mu_);
-  stamp_ = stamp;
   auto current = std::atomic_load(&current_);
-  if (!in) {
-    result.error = "cannot read " + options_.file;
+  if (text == nullptr) {
+    result.error = read_error;
   } else {
-    const std::string text = ss.str();
-    const std::string hash = Sha256Hex(text);
+    const std::string hash = Sha256Hex(*text);
     if (current && hash == last_text_hash_) {
       result.revision = current->revision();
       last_error_.clear();
       return result;  // touched, not changed
     }
-    auto compiled = CompilePolicy(text, options_.file);
+    auto compiled = CompilePolicy(*text, source_name);
     if (compiled.ok()) {
       std::atomic_store(&current_, *compiled);
       last_text_hash_ = hash;
@@ -63,7 +81,7 @@ ReloadResult PolicySource::Reload() {
       result.revision = (*compiled)->revision();
       LogInfo(
           "policy loaded",
-          {{"file", options_.file}, {"revision", result.revision}, {"rules", (*compiled)->size()}});
+          {{"source", source_name}, {"revision", result.revision}, {"rules", (*compiled)->size()}});
       return result;
     }
     result.error = std::string(compiled.status().message());
@@ -72,7 +90,7 @@ ReloadResult PolicySource::Reload() {
   last_error_ = result.error;
   result.revision = current ? current->revision() : "";
   LogError("policy not reloaded; the last good policy stays in force",
-           {{"file", options_.file}, {"error", result.error}, {"revision", result.revision}});
+           {{"source", source_name}, {"error", result.error}, {"revision", result.revision}});
   return result;
 }
 

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -40,8 +41,14 @@ class PolicySource {
   void StartWatching();
   void Stop();
 
-  // Re-reads the file now.
+  // Re-reads the file now (or, when a reloader is set, asks it: sync mode).
   ReloadResult Reload();
+
+  // Compiles `text` (from `source_name`, e.g. "upstream") and puts it in force; on an error the
+  // last good set stays in force, as with a file. Used by the upstream policy sync.
+  ReloadResult SetText(const std::string& text, const std::string& source_name);
+  // Replaces what Reload() does (SIGHUP, Admin.ReloadPolicies): the sync's "fetch now".
+  void SetReloader(std::function<ReloadResult()> reloader);
 
   // The set in force; nullptr when no policy file is configured.
   std::shared_ptr<const RuleSet> Current() const { return std::atomic_load(&current_); }
@@ -59,6 +66,8 @@ class PolicySource {
   };
   FileStamp Stamp() const;
   void WatchLoop();
+  ReloadResult Apply(const std::string* text, const std::string& source_name,
+                     const std::string& read_error);
 
   const config::PolicyOptions options_;
   std::shared_ptr<const RuleSet> current_;  // atomic_load / atomic_store only
@@ -71,6 +80,7 @@ class PolicySource {
   FileStamp stamp_;             // guarded by mu_
   bool stopping_ = false;       // guarded by mu_
   std::thread watcher_;
+  std::function<ReloadResult()> reloader_;  // set before use, never changed after
 };
 
 }  // namespace toolgate::policy

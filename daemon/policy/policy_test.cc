@@ -6,6 +6,7 @@
 #include <new>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -338,6 +339,49 @@ TEST(ArgumentsTest, Table) {
     EXPECT_EQ(set->Evaluate(a, nullptr, kNow).effect == Effect::kDeny, c.match)
         << c.predicate << " on " << (c.arguments ? c.arguments : "(no arguments)");
   }
+}
+
+class FakeTools final : public ToolLookup {
+ public:
+  explicit FakeTools(std::set<std::string> names) : names_(std::move(names)) {}
+  bool Has(std::string_view t) const override { return names_.count(std::string(t)) > 0; }
+
+ private:
+  std::set<std::string> names_;
+};
+
+TEST(MatchTest, ToolInSnapshot) {
+  auto set = MustCompile(R"(
+default: allow
+rules:
+  - id: only-registered-tools
+    effect: deny
+    reason: tool not in the agent's registered snapshot
+    match: {tool_in_snapshot: false}
+  - id: registered-shell-needs-a-human
+    effect: require_approval
+    match: {tool_name: shell, tool_in_snapshot: true}
+)");
+  ASSERT_NE(set, nullptr);
+  const FakeTools tools({"search", "shell"});
+  struct Case {
+    const char* tool;
+    const ToolLookup* registered;
+    Effect want;
+  } cases[] = {
+      {"search", &tools, Effect::kAllow},
+      {"shell", &tools, Effect::kRequireApproval},
+      {"delete_db", &tools, Effect::kDeny},  // not in the snapshot
+      {"search", nullptr, Effect::kDeny},    // the agent never registered: nothing is in it
+  };
+  for (const Case& c : cases) {
+    Action a = ToolCall(c.tool);
+    a.registered_tools = c.registered;
+    EXPECT_EQ(set->Evaluate(a, nullptr, kNow).effect, c.want) << c.tool;
+  }
+  EXPECT_THAT(
+      ErrorOf("rules:\n  - id: x\n    effect: deny\n    match: {tool_in_snapshot: maybe}\n"),
+      HasSubstr("rules[0].match.tool_in_snapshot: expected true or false"));
 }
 
 TEST(ArgumentsTest, AllPredicatesMustHold) {

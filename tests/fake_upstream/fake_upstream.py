@@ -22,11 +22,14 @@ As a module (pytest)::
 As a script (e.g. for benchmarks or by hand)::
 
     python3 fake_upstream.py [--host 127.0.0.1] [--port 0] [--api-key KEY] [--sink]
+                             [--tls-cert CERT.pem --tls-key KEY.pem]
 
 prints exactly one line `PORT <n>` to stdout once it listens, then serves until SIGTERM or
 SIGINT. `--sink` is a fast benchmark sink: it still authenticates and parses every body (gunzip
 included) to count events, but skips per-event validation and keeps neither the events nor the
-request log; `GET /v1/events/_count` answers `{"count": N}`.
+request log; `GET /v1/events/_count` answers `{"count": N}`. `--tls-cert`/`--tls-key` (or
+`FakeUpstream(tls=(cert, key))`) serve HTTPS with that certificate; `url` then starts with
+https://. A client that refuses the certificate just closes the connection: nothing is recorded.
 
 HTTP behaviour, in short:
 
@@ -36,6 +39,13 @@ HTTP behaviour, in short:
   `{"accepted": N, "rejected": [{"index", "eventId", "error": {"code", "message"}}]}`: a bad
   event rejects only its own index.
 * `POST /v1/agents` -> 201 `{"id": <uuid>, "agentId": ..., ...}`, 409 CONFLICT on a duplicate.
+* `POST /v1/policies/check` -> 200 `{"verdict", "reason", "pendingActionId"?}` from the rules of
+  `policy_verdict` (ALLOW when none matches; REQUIRE_APPROVAL creates an upstream pending
+  action); `fail_policy_checks` / `slow_policy_checks` script its faults.
+* `GET /v1/policies` -> `{"data": <set_policies(...)>, "nextCursor": null}`.
+* `GET /v1/guardian/pending-actions?status=` -> `{"data": [...], "nextCursor": null}`;
+  `POST /v1/guardian/pending-actions/:id/decide` `{"decision", "reason", "approverId"}`;
+  `decide_pending` decides one as a human on the upstream would.
 * `GET /v1/events/_received` -> `{"events": [...]}` and `GET /v1/events/_count` ->
   `{"count": N}`: introspection for debugging; no auth, not faulted, not in the request log.
 * Anything else -> 404 NOT_FOUND. Errors use `{"error": {"code", "message", "details"?}}`.
@@ -62,11 +72,13 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 import zlib
 from datetime import datetime
@@ -98,6 +110,7 @@ _TIMESTAMP_RE = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
 )
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_DECIDE_RE = re.compile(r"^/v1/guardian/pending-actions/([^/]+)/decide$")
 _INTEGRATION_MODES = ("collector", "sdk", "http", "sidecar")
 
 # Error code sent with each status. The documented ones first; the others (408, 429, 502-504)
@@ -369,11 +382,22 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # benchmarks open many connections at once
 
-    def __init__(self, address, fake):
+    def __init__(self, address, fake, ssl_context=None):
         self.fake = fake
+        self.ssl_context = ssl_context
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake runs on the connection's own thread (_Handler.setup), so that a slow
+            # or refusing client does not hold up accept().
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
 
     def server_bind(self):
         # HTTPServer.server_bind() also resolves the host's FQDN, which can stall for seconds
@@ -397,6 +421,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # an ssl.SSLError (an OSError) ends this connection
         super().setup()
         self.server.fake._track(self.connection)
 
@@ -521,14 +547,20 @@ class FakeUpstream:
     what was received, the faults and the agents: handy to simulate an upstream restart.
     """
 
-    def __init__(self, api_key="al_test_fake", host="127.0.0.1", port=0, sink=False):
+    def __init__(self, api_key="al_test_fake", host="127.0.0.1", port=0, sink=False, tls=None):
         """api_key: the Bearer key required (None turns authentication off).
         sink: the benchmark mode (see the module docstring): count events, keep nothing.
+        tls: None (plain HTTP), or (certificate file, key file) to serve HTTPS; the certificate
+        file may hold the chain.
         """
         self._api_key = api_key
         self._host = host
         self._port = port
         self._sink = sink
+        self._ssl_context = None
+        if tls is not None:
+            self._ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._ssl_context.load_cert_chain(tls[0], tls[1])
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when events arrive
         # Guarded by _lock:
@@ -538,6 +570,12 @@ class FakeUpstream:
         self._count = 0
         self._requests = []
         self._agents = {}
+        self._policy_rules = []  # [(predicate, verdict, reason)], first match wins
+        self._policy_faults = collections.deque()  # scripted answers to /v1/policies/check
+        self._policy_fail_until = 0.0
+        self._policy_delay = 0.0
+        self._policies = []  # what GET /v1/policies lists
+        self._pending = {}  # upstream pending actions by id, in creation order
         self._faults = _Faults()
         self._connections = set()
         # Owned by start()/stop():
@@ -552,7 +590,7 @@ class FakeUpstream:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server((self._host, self._port), self)
+        self._server = _Server((self._host, self._port), self, self._ssl_context)
         self._port = self._server.server_address[1]  # a restart reuses the port
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -595,7 +633,8 @@ class FakeUpstream:
     def url(self):
         """The base URL, without a trailing slash, e.g. "http://127.0.0.1:40123"."""
         host = "[%s]" % self._host if ":" in self._host else self._host
-        return "http://%s:%d" % (host, self._port)
+        scheme = "https" if self._ssl_context is not None else "http"
+        return "%s://%s:%d" % (scheme, host, self._port)
 
     # --- What was received ---
 
@@ -701,6 +740,149 @@ class FakeUpstream:
         with self._lock:
             self._faults = _Faults()
 
+    # --- Policies and the guardian (POST /v1/policies/check, GET /v1/policies,
+    #     GET /v1/guardian/pending-actions, POST /v1/guardian/pending-actions/:id/decide) ---
+
+    def policy_verdict(self, verdict, reason="scripted verdict", predicate=None):
+        """Answers /v1/policies/check with `verdict` (ALLOW | DENY | REQUIRE_APPROVAL) for the
+        bodies where predicate(body) is true (all when None). Rules add up, first match wins;
+        with none matching the answer is ALLOW. REQUIRE_APPROVAL creates an upstream pending
+        action and answers its id as pendingActionId."""
+        with self._lock:
+            self._policy_rules.append((predicate, verdict, reason))
+
+    def fail_policy_checks(self, n=None, status=503, seconds=None):
+        """The next n policy checks (or all for `seconds`) are answered `status`; status 0
+        resets the connection instead."""
+        with self._lock:
+            if n is not None:
+                self._policy_faults.extend([status] * n)
+            if seconds is not None:
+                self._policy_fail_until = time.monotonic() + seconds
+                self._policy_fail_status = status
+
+    def slow_policy_checks(self, seconds):
+        """Delays every policy check answer by `seconds` (0 ends it)."""
+        with self._lock:
+            self._policy_delay = seconds
+
+    def clear_policy(self):
+        """Forgets verdict rules and policy-check faults."""
+        with self._lock:
+            self._policy_rules = []
+            self._policy_faults = collections.deque()
+            self._policy_fail_until = 0.0
+            self._policy_delay = 0.0
+
+    def set_policies(self, policies):
+        """What GET /v1/policies lists (as {"data": policies, "nextCursor": null})."""
+        with self._lock:
+            self._policies = list(policies)
+
+    def policies(self):
+        with self._lock:
+            return list(self._policies)
+
+    def pending_actions(self):
+        """The upstream's pending actions: {id: record}."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._pending.items()}
+
+    def decide_pending(self, action_id, decision, reason="", approver_id="upstream-human"):
+        """Decides an upstream pending action as a human on the upstream's UI would."""
+        with self._lock:
+            action = self._pending[action_id]
+            action.update(
+                status=decision,
+                decisionReason=reason,
+                approverId=approver_id,
+                decidedAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+
+    def _authenticated(self, headers, record, make_answer):
+        answer = self._authenticate(headers) or make_answer()
+        self._log(record, answer)
+        return answer
+
+    def _policy_check(self, headers, body, record):
+        with self._lock:
+            delay = self._policy_delay
+            fault = None
+            if self._policy_faults:
+                fault = self._policy_faults.popleft()
+            elif time.monotonic() < self._policy_fail_until:
+                fault = self._policy_fail_status
+        if fault is not None:
+            answer = (
+                _Answer(0, reset=True)
+                if fault == 0
+                else _Answer(fault, _error_envelope(fault, "scripted policy failure"))
+            )
+            self._log(record, answer)
+            return answer, delay
+        answer = self._authenticate(headers)
+        if answer is None:
+            doc, answer = self._decode_body(headers, body, record)
+            if answer is None:
+                answer = self._decide_policy(doc)
+        self._log(record, answer)
+        return answer, delay
+
+    def _decide_policy(self, doc):
+        if not isinstance(doc, dict):
+            return _Answer(400, _error_envelope(400, "Body must be a JSON object"))
+        issues = [
+            _type_issue(f, "string", doc.get(f))
+            for f in ("toolType", "operation", "targetSystem", "initiatorType")
+            if f in doc and not isinstance(doc[f], str)
+        ]
+        if issues:
+            return _Answer(400, _error_envelope(400, "Invalid policy check", issues))
+        with self._lock:
+            rules = list(self._policy_rules)
+        for predicate, verdict, reason in rules:
+            if predicate is None or predicate(doc):
+                break
+        else:
+            verdict, reason = "ALLOW", "no upstream rule matched"
+        answer = {"verdict": verdict, "reason": reason}
+        if verdict == "REQUIRE_APPROVAL":
+            action_id = str(uuid.uuid4())
+            with self._lock:
+                self._pending[action_id] = {
+                    "id": action_id,
+                    "status": "pending",
+                    "action": dict(doc),
+                    "reason": reason,
+                    "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            answer["pendingActionId"] = action_id
+        return _Answer(200, answer)
+
+    def _list_pending(self, raw_path):
+        query = urllib.parse.parse_qs(raw_path.partition("?")[2])
+        status = query.get("status", ["pending"])[0]
+        with self._lock:
+            data = [dict(a) for a in self._pending.values() if a["status"] == status]
+        return _Answer(200, {"data": data, "nextCursor": None})
+
+    def _decide_pending(self, action_id, body):
+        try:
+            doc = _parse_json(body)
+        except ValueError as e:
+            return _Answer(400, _error_envelope(400, "Body is not valid JSON: %s" % e))
+        decision = doc.get("decision") if isinstance(doc, dict) else None
+        if decision not in ("approved", "rejected"):
+            return _Answer(400, _error_envelope(400, "decision must be approved or rejected"))
+        with self._lock:
+            action = self._pending.get(action_id)
+            if action is None:
+                return _Answer(404, _error_envelope(404, "No pending action %s" % action_id))
+            if action["status"] != "pending":
+                return _Answer(409, _error_envelope(409, "Already %s" % action["status"]))
+        self.decide_pending(action_id, decision, doc.get("reason", ""), doc.get("approverId", ""))
+        return _Answer(200, self.pending_actions()[action_id])
+
     # --- Request handling (called on the server's threads) ---
 
     def _track(self, conn):
@@ -732,6 +914,20 @@ class FakeUpstream:
             answer, delay = self._post_events(headers, body, record)
         elif method == "POST" and path == "/v1/agents":
             answer, delay = self._post_agents(headers, body, record), 0
+        elif method == "POST" and path == "/v1/policies/check":
+            answer, delay = self._policy_check(headers, body, record)
+        elif method == "GET" and path == "/v1/policies":
+            answer, delay = self._authenticated(
+                headers, record, lambda: _Answer(200, {"data": self.policies(), "nextCursor": None})
+            ), 0
+        elif method == "GET" and path == "/v1/guardian/pending-actions":
+            answer, delay = self._authenticated(
+                headers, record, lambda: self._list_pending(raw_path)
+            ), 0
+        elif method == "POST" and _DECIDE_RE.match(path):
+            answer, delay = self._authenticated(
+                headers, record, lambda: self._decide_pending(_DECIDE_RE.match(path).group(1), body)
+            ), 0
         else:
             message = "No route for %s %s" % (method, path)
             answer, delay = _Answer(404, _error_envelope(404, message)), 0
@@ -931,13 +1127,18 @@ def main(argv=None):
     parser.add_argument(
         "--sink", action="store_true", help="benchmark sink: count events, keep nothing"
     )
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM, chain)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
 
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
 
-    fake = FakeUpstream(args.api_key, args.host, args.port, sink=args.sink).start()
+    fake = FakeUpstream(args.api_key, args.host, args.port, sink=args.sink, tls=tls).start()
     sys.stdout.write("PORT %d\n" % fake.port)
     sys.stdout.flush()
     while not done.wait(1.0):  # a timed wait, so that signals are handled promptly

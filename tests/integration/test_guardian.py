@@ -1,5 +1,6 @@
 """Approvals end to end: Check → REQUIRE_APPROVAL → a waiting agent → a human decides."""
 import json
+import queue
 import threading
 import time
 
@@ -201,3 +202,78 @@ def test_local_http_endpoints_are_off_without_an_admin_key(daemon):
         raise AssertionError("expected 404")
     except urllib.error.HTTPError as e:
         assert e.code == 404
+
+
+def test_an_abandoned_wait_ends_at_once_and_does_not_hold_shutdown(daemon):
+    r = ask(daemon, "send_payment")
+    stub = policy_pb2_grpc.PolicyStub(daemon.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in stub.WaitForDecision(policy_pb2.WaitRequest(
+                pending_action_id=r.pending_action_id, heartbeat_ms=60000), timeout=0.3):
+            pass
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    started = time.monotonic()
+    daemon.stop()
+    # Without a cancel handler the call lingered until its next heartbeat (60 s here).
+    assert time.monotonic() - started < 5
+    stopped = [json.loads(l) for l in daemon.logs().splitlines() if '"stopped"' in l]
+    assert stopped and stopped[-1]["drain_ms"] < 3000
+
+
+def test_sigterm_ends_idle_streams_waits_and_watches_at_once(daemon):
+    """Long-lived calls (an idle event stream, a wait, a watch) must not hold the drain."""
+    from toolgate.v1 import events_pb2, events_pb2_grpc, guardian_pb2, guardian_pb2_grpc
+    from conftest import tool_event
+    r = ask(daemon, "send_payment")
+    channel = grpc.insecure_channel("unix:" + str(daemon.socket))  # not closed by stop()
+    outcomes = {}
+
+    def run(name, call):
+        try:
+            for _ in call():
+                pass
+            outcomes[name] = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            outcomes[name] = e.code()
+
+    requests = queue.Queue()
+    requests.put(events_pb2.StreamRequest(sequence=1, events=[tool_event()]))
+    acks = []
+
+    def stream():
+        def gen():
+            while True:
+                item = requests.get()
+                if item is None:
+                    return
+                yield item
+        for ack in events_pb2_grpc.EventsStub(channel).Stream(gen(), timeout=60):
+            acks.append(ack)
+            yield ack
+
+    calls = {
+        "stream": stream,
+        "wait": lambda: policy_pb2_grpc.PolicyStub(channel).WaitForDecision(
+            policy_pb2.WaitRequest(pending_action_id=r.pending_action_id, heartbeat_ms=60000),
+            timeout=60),
+        "watch": lambda: guardian_pb2_grpc.GuardianStub(channel).WatchPending(
+            guardian_pb2.WatchPendingRequest(), timeout=60),
+    }
+    threads = [threading.Thread(target=run, args=(n, c), daemon=True) for n, c in calls.items()]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(acks) == 1, what="the stream's first ack")
+    time.sleep(0.3)  # the wait and the watch are open
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 5
+    for t in threads:
+        t.join(timeout=10)
+    requests.put(None)
+    assert outcomes == {"stream": grpc.StatusCode.UNAVAILABLE,
+                        "wait": grpc.StatusCode.UNAVAILABLE,
+                        "watch": grpc.StatusCode.UNAVAILABLE}, outcomes
+    assert acks[0].code == 0 and len(acks[0].event_ids) == 1
+    stopped = [json.loads(l) for l in daemon.logs().splitlines() if '"stopped"' in l]
+    assert stopped and stopped[-1]["drain_ms"] < 3000
+    channel.close()
