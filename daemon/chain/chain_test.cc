@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "daemon/chain/chainer.h"
+#include "daemon/chain/recent_ids.h"
 #include "daemon/chain/verifier.h"
 #include "daemon/common/crypto.h"
 
@@ -77,6 +78,57 @@ TEST(Verifier, FindsGapsForksAndTampering) {
     v.Add("not json");
     EXPECT_FALSE(v.Finish().ok());
   }
+}
+
+TEST(RecentIds, RecognisesResendsWithinTheWindowAndForgetsTheOldest) {
+  RecentIds ids(3);
+  const char* a = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  const char* b = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+  const char* c = "c9bf9e57-1685-4c89-bafb-ff5af830be8a";
+  const char* d = "a1b2c3d4-0000-4000-8000-000000000001";
+  EXPECT_FALSE(ids.SeenOrRemember(a));
+  EXPECT_FALSE(ids.SeenOrRemember(b));
+  EXPECT_TRUE(ids.SeenOrRemember(a));
+  EXPECT_TRUE(ids.SeenOrRemember("0F8FAD5B-D9CB-469F-A165-70867728950E"));  // same UUID
+  EXPECT_FALSE(ids.SeenOrRemember(c));
+  EXPECT_FALSE(ids.SeenOrRemember(d));  // full: forgets a
+  EXPECT_EQ(ids.size(), 3u);
+  EXPECT_FALSE(ids.SeenOrRemember(a));  // outside the window: stored again
+  EXPECT_TRUE(ids.SeenOrRemember(d));
+  // Not a UUID: never a duplicate.
+  EXPECT_FALSE(ids.SeenOrRemember("not-a-uuid"));
+  EXPECT_FALSE(ids.SeenOrRemember("not-a-uuid"));
+  std::pair<uint64_t, uint64_t> key;
+  EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-70867728950", &key));
+  EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5bxd9cb-469f-a165-70867728950e", &key));
+  EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-70867728950g", &key));
+  ASSERT_TRUE(RecentIds::ParseUuid(a, &key));
+  EXPECT_EQ(key.first, 0x0f8fad5bd9cb469fULL);
+  EXPECT_EQ(key.second, 0xa16570867728950eULL);
+}
+
+TEST(RecentIds, RollbackForgetsWhatTheFailedCommitRememberedAndRestoresWhatItEvicted) {
+  RecentIds ids(2);
+  const char* a = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  const char* b = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+  const char* c = "c9bf9e57-1685-4c89-bafb-ff5af830be8a";
+  const char* d = "a1b2c3d4-0000-4000-8000-000000000001";
+  EXPECT_FALSE(ids.SeenOrRemember(a));
+  ids.Begin();
+  EXPECT_FALSE(ids.SeenOrRemember(b));
+  EXPECT_FALSE(ids.SeenOrRemember(c));  // evicts a
+  EXPECT_FALSE(ids.SeenOrRemember(d));  // evicts b
+  ids.Rollback();
+  EXPECT_EQ(ids.size(), 1u);
+  // The retry of b, c and d is not a duplicate; a is remembered again.
+  ids.Begin();
+  EXPECT_TRUE(ids.SeenOrRemember(a));
+  EXPECT_FALSE(ids.SeenOrRemember(b));
+  ids.Commit();
+  EXPECT_TRUE(ids.SeenOrRemember(b));
+  EXPECT_TRUE(ids.SeenOrRemember(a));
+  EXPECT_FALSE(ids.SeenOrRemember(c));  // evicts a, the oldest
+  EXPECT_FALSE(ids.SeenOrRemember(a));
 }
 
 }  // namespace

@@ -51,6 +51,29 @@ void EventsService::Count(const absl::Status& s, size_t events) {
   }
 }
 
+std::vector<toolgate::v1::Event> EventsService::Lifecycle(
+    const google::protobuf::RepeatedPtrField<toolgate::v1::Event>& in) const {
+  std::vector<toolgate::v1::Event> out;
+  if (!lifecycle_) return out;
+  for (const auto& e : in) {
+    switch (e.kind_case()) {
+      case toolgate::v1::Event::kSessionStart:
+      case toolgate::v1::Event::kSessionEnd:
+      case toolgate::v1::Event::kIdentity:
+        out.push_back(e);
+        break;
+      case toolgate::v1::Event::kGeneric: {
+        const std::string& c = e.generic().category();
+        if (c == "session_start" || c == "session_end" || c == "identity") out.push_back(e);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return out;
+}
+
 IngestStats EventsService::stats() const {
   return {events_received_.load(), events_invalid_.load(), refused_full_.load(),
           streams_open_.load()};
@@ -66,11 +89,14 @@ grpc::ServerUnaryReactor* EventsService::Record(grpc::CallbackServerContext* ctx
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
-  // The ids go to the answer; the spool has no use for them (they are in the envelope).
-  for (auto& e : events) response->add_event_ids(std::move(e.event_id));
+  // The ids go to the answer, and stay with the events: the spool recognises resends by them.
+  for (const auto& e : events) response->add_event_ids(e.event_id);
   const size_t n = events.size();
-  spool_->Append(std::move(events), [this, reactor, ctx, n](const absl::Status& s) {
+  std::vector<toolgate::v1::Event> life = Lifecycle(request->events());
+  // Copied into the callback: empty (cheap) unless the request has lifecycle events (rare).
+  spool_->Append(std::move(events), [this, reactor, ctx, n, life](const absl::Status& s) mutable {
     Count(s, n);
+    if (s.ok() && !life.empty()) lifecycle_(std::move(life));
     if (absl::IsResourceExhausted(s)) {
       // The standard gRPC retry pushback trailer: clients with a retry policy honour it.
       ctx->AddTrailingMetadata("grpc-retry-pushback-ms", retry_after_text_);
@@ -87,15 +113,34 @@ class EventsService::StreamReactor final
  public:
   explicit StreamReactor(EventsService* service) : service_(service) {
     service_->streams_open_.fetch_add(1);
+    bool stopping;
+    {
+      std::lock_guard<std::mutex> l(service_->streams_mu_);
+      service_->streams_.insert(this);
+      stopping = service_->stopping_;
+    }
+    std::lock_guard<std::mutex> l(mu_);
     StartRead(&request_);
+    if (stopping) StopLocked();
+  }
+
+  // Shutdown: no more batches are taken; the stream ends once those read are acknowledged.
+  void Stop() {
+    std::lock_guard<std::mutex> l(mu_);
+    StopLocked();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    {
       std::lock_guard<std::mutex> l(mu_);
-      reads_done_ = true;
-      MaybeFinishLocked();
-      return;
+      if (!ok || stopping_) {
+        // A batch read after the stop is not stored: it gets no acknowledgement, so the client
+        // sends it again to the next daemon.
+        reads_done_ = true;
+        MaybeFinishLocked();
+        return;
+      }
+      ++outstanding_;  // this batch, until it is answered: a stop waits for it
     }
     const uint64_t sequence = request_.sequence();
     std::vector<normalize::NormalizedEvent> events;
@@ -106,22 +151,28 @@ class EventsService::StreamReactor final
       ack.set_sequence(sequence);
       ack.set_code(static_cast<int>(s.code()));
       ack.set_message(std::string(s.message()));
-      std::lock_guard<std::mutex> l(mu_);
-      QueueAckLocked(std::move(ack));
-      StartRead(&request_);
+      OnAppended(std::move(ack), /*resume=*/true);
       return;
     }
     StreamAck ok_ack;
     ok_ack.set_sequence(sequence);
-    for (auto& e : events) ok_ack.add_event_ids(std::move(e.event_id));
+    for (const auto& e : events) ok_ack.add_event_ids(e.event_id);  // copied: resends
     const size_t n = events.size();
+    std::vector<toolgate::v1::Event> life = service_->Lifecycle(request_.events());
     {
+      // Reading on (or pausing) before the append: its callback may run at once.
       std::lock_guard<std::mutex> l(mu_);
-      ++outstanding_;
+      if (outstanding_ < service_->options_.stream_window) {
+        if (!stopping_) StartRead(&request_);
+      } else {
+        read_paused_ = true;  // resumed by OnAppended
+      }
     }
     service_->spool_->Append(
-        std::move(events), [this, n, ack = std::move(ok_ack)](const absl::Status& st) mutable {
+        std::move(events),
+        [this, n, ack = std::move(ok_ack), life = std::move(life)](const absl::Status& st) mutable {
           service_->Count(st, n);
+          if (st.ok() && !life.empty()) service_->lifecycle_(std::move(life));
           if (!st.ok()) {
             ack.clear_event_ids();
             ack.set_code(static_cast<int>(st.code()));
@@ -130,14 +181,8 @@ class EventsService::StreamReactor final
               ack.set_retry_after_ms(static_cast<uint32_t>(service_->retry_after_.count()));
             }
           }
-          OnAppended(std::move(ack));
+          OnAppended(std::move(ack), /*resume=*/false);
         });
-    std::lock_guard<std::mutex> l(mu_);
-    if (outstanding_ < service_->options_.stream_window) {
-      StartRead(&request_);
-    } else {
-      read_paused_ = true;  // resumed by OnAppended
-    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -153,6 +198,10 @@ class EventsService::StreamReactor final
   }
 
   void OnDone() override {
+    {
+      std::lock_guard<std::mutex> l(service_->streams_mu_);
+      service_->streams_.erase(this);
+    }
     bool last;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -164,7 +213,14 @@ class EventsService::StreamReactor final
   }
 
  private:
-  void OnAppended(StreamAck ack) {
+  void StopLocked() {
+    stopping_ = true;
+    MaybeFinishLocked();
+  }
+
+  // A batch is answered. `resume`: it was refused before the append, and the read that
+  // follows it is started here.
+  void OnAppended(StreamAck ack, bool resume) {
     bool remove = false;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -173,9 +229,11 @@ class EventsService::StreamReactor final
         remove = outstanding_ == 0;
       } else {
         QueueAckLocked(std::move(ack));
-        if (read_paused_ && outstanding_ < service_->options_.stream_window) {
-          read_paused_ = false;
+        if (resume && !stopping_) {
           StartRead(&request_);
+        } else if (read_paused_ && outstanding_ < service_->options_.stream_window) {
+          read_paused_ = false;
+          if (!stopping_) StartRead(&request_);
         }
         MaybeFinishLocked();
       }
@@ -197,9 +255,17 @@ class EventsService::StreamReactor final
   }
 
   void MaybeFinishLocked() {
-    if (finished_ || !reads_done_ || outstanding_ > 0 || writing_ || !acks_.empty()) return;
+    if (finished_ || !(reads_done_ || stopping_) || outstanding_ > 0 || writing_ ||
+        !acks_.empty()) {
+      return;
+    }
     finished_ = true;
-    Finish(grpc::Status::OK);
+    // A read may still be pending after a stop: Finish completes it (ok = false).
+    Finish(stopping_ && !reads_done_
+               ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "toolgated is shutting down: reconnect and resend what is "
+                              "not acknowledged")
+               : grpc::Status::OK);
   }
 
   EventsService* const service_;
@@ -210,7 +276,14 @@ class EventsService::StreamReactor final
   uint64_t outstanding_ = 0;    // appends not yet called back; guarded by mu_
   bool reads_done_ = false, read_paused_ = false, writing_ = false;  // guarded by mu_
   bool write_failed_ = false, finished_ = false, done_ = false;      // guarded by mu_
+  bool stopping_ = false;                                            // guarded by mu_
 };
+
+void EventsService::StopStreams() {
+  std::lock_guard<std::mutex> l(streams_mu_);
+  stopping_ = true;
+  for (StreamReactor* r : streams_) r->Stop();
+}
 
 grpc::ServerBidiReactor<StreamRequest, StreamAck>* EventsService::Stream(
     grpc::CallbackServerContext* ctx) {

@@ -173,6 +173,9 @@ class Shipper::Loop {
     CURL* easy = nullptr;
     std::string response;
     std::string retry_after;
+    // libcurl's own words for a transport failure: names the certificate problem or the host
+    // that did not resolve, where curl_easy_strerror only gives the error class.
+    char error[CURL_ERROR_SIZE] = {};
   };
 
   static size_t OnBody(char* p, size_t size, size_t n, void* ud) {
@@ -222,6 +225,7 @@ class Shipper::Loop {
     r->easy = e;
     r->response.clear();
     r->retry_after.clear();
+    r->error[0] = '\0';
     ++r->attempts;
     curl_easy_setopt(e, CURLOPT_URL, url_.c_str());
     curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -233,6 +237,7 @@ class Shipper::Loop {
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Loop::OnHeader);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r.get());
     curl_easy_setopt(e, CURLOPT_PRIVATE, r.get());
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->error);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(up_.timeout.count()));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(up_.connect_timeout.count()));
@@ -362,7 +367,8 @@ class Shipper::Loop {
       case ShipAction::kAuthPause: {
         std::string error;
         if (code != CURLE_OK) {
-          error = absl::StrCat("transport: ", curl_easy_strerror(code));
+          error = absl::StrCat("transport: ",
+                               r->error[0] != '\0' ? r->error : curl_easy_strerror(code));
         } else {
           std::string c, m;
           ParseError(status, r->response, &c, &m);

@@ -7,15 +7,26 @@
 // event or request: see docs/architecture.md. A chunk leaves the queue when all its events are
 // acked or dead-lettered; a chunk partly delivered before a crash is sent again whole (same
 // eventIds). The chain stage runs on that writer thread too, so that each session's order is the
-// commit order and its head is stored in the same transaction.
+// commit order and its head is stored in the same transaction. That thread also recognises a
+// resend (same eventId as one of the last 65,536 stored, chain/recent_ids.h): a client that lost
+// an acknowledgement sends again, and the copy is acknowledged without being stored twice. The
+// window survives a restart: it is rebuilt from the stored chunks and from the ids of the
+// chunks shipped last (table shipped_ids, written with each chunk's delete).
 //
 // Bounded by bytes: in upstream mode an append that would take unshipped bytes past
 // spool.max_bytes fails with RESOURCE_EXHAUSTED (the client retries; nothing is dropped).
 // In standalone mode nothing ships and the oldest events are evicted by retention instead.
 //
+// At open, a file SQLite cannot read (garbage, truncated) is moved aside and the spool starts
+// empty instead of failing (recovery.h): a daemon that refuses to start would crash-loop.
+//
 // After a failed commit the store's state is unknown, so the error is sticky (as LevelDB's
 // background error): every later append fails with UNAVAILABLE. SQLITE_FULL is the exception:
-// the transaction is rolled back cleanly and the appends get RESOURCE_EXHAUSTED.
+// the transaction is rolled back cleanly and the appends get RESOURCE_EXHAUSTED, while the acks
+// and dead letters of that commit are kept and retried until they commit (they free space).
+// Appends are refused the same way, before the disk is completely full, while free space (plus
+// free pages in the file) is below spool.min_free_disk: what is left is kept for those deletes
+// and for checkpoints, which need room to free any.
 //
 // Thread-safe. Callbacks run on the writer thread and must not block.
 #ifndef TOOLGATE_DAEMON_SPOOL_SPOOL_H_
@@ -38,6 +49,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "daemon/chain/chainer.h"
+#include "daemon/chain/recent_ids.h"
 #include "daemon/common/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/normalize/normalizer.h"
@@ -48,6 +60,9 @@ struct SpoolOptions {
   std::string path;        // the SQLite file
   bool standalone = true;  // no upstream: keep events, evict by retention
   config::SpoolOptions limits;
+  // Test seam: caps the database at this many pages (SQLite's max_page_count), so that a
+  // test sees SQLITE_FULL as on a full disk. 0 = no cap (the default, and the daemon's).
+  uint64_t max_pages = 0;
 };
 
 // Where an event sits: its chunk and how many events that chunk holds.
@@ -62,6 +77,13 @@ struct StoredEvent {
   uint32_t chunk_events = 0;  // events in the chunk
   std::string body;           // canonical JSON envelope, exactly as shipped
   EventRef ref() const { return {seq, chunk_events}; }
+};
+
+// An event as its commit made it durable, for live tails (Admin.Tail).
+struct CommittedEvent {
+  uint64_t seq = 0;  // its chunk, as StoredEvent::seq
+  std::string agent_id, session_id;
+  std::string body;  // canonical JSON envelope with previousHash, exactly as shipped
 };
 
 struct DeadLetterInfo {
@@ -95,6 +117,9 @@ struct Stats {
   uint64_t appended = 0;
   uint64_t evicted = 0;
   uint64_t rejected_full = 0;
+  uint64_t deduplicated = 0;   // resent events recognised by eventId and not stored again
+  uint64_t corrupt_moved = 0;  // 1 when an unreadable file was moved aside at open (recovery.h)
+  bool disk_full = false;      // the last commit with appends failed for a full disk
   bool failed = false;
 };
 
@@ -134,6 +159,9 @@ class Spool {
   // keeps a stream of tiny records from costing one commit (and fsync) each.
   void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy = false);
   static constexpr std::chrono::milliseconds kLazyCommitDelay{20};
+  // While the disk is full, acks and dead letters that could not be committed are retried this
+  // often (or sooner, with the next commit).
+  static constexpr std::chrono::milliseconds kFullRetryDelay{200};
 
   // From the shipper: delivered events leave the queue; refused ones become dead letters.
   void Ack(std::vector<EventRef> refs);
@@ -147,6 +175,12 @@ class Spool {
   void SetCommitListener(std::function<void()> listener);
   // Called once, on the writer thread, when the store fails and starts refusing writes.
   void SetFailureListener(std::function<void()> listener);
+  // The tap: while tapping is on, the events appended by each commit are handed to `tap`, in
+  // commit order, on the writer thread, once the commit is durable (after the appenders' acks).
+  // While off it costs one atomic load per commit. `tap` must not block. Retried dead
+  // letters are not new events and are not tapped.
+  void SetTap(std::function<void(std::vector<CommittedEvent>)> tap);  // before traffic
+  void SetTapping(bool on) { tapping_.store(on, std::memory_order_release); }
 
   absl::StatusOr<std::unique_ptr<Reader>> NewReader();
   Stats stats() const;
@@ -161,18 +195,32 @@ class Spool {
   absl::Status Init();
   // (Re)loads the chain heads from the store: at start-up and after a rolled-back commit.
   void LoadHeads();
+  // Remembers the eventIds of the newest stored events (up to RecentIds' window), at start-up.
+  void LoadRecentIds();
   void Enqueue(Op op, bool lazy = false);
   void WriterLoop();
   absl::Status ApplyBatch(std::vector<Op>& ops);
+  // One transaction for `ops`; rolled back (counters and chain heads restored) on failure.
+  absl::Status Commit(std::vector<Op>& ops);
+  // Runs the callbacks of `ops` with the outcome of their commit.
+  void Finish(std::vector<Op>& ops, const absl::Status& status);
+  // Whether free disk space (plus free pages in the file) is at least spool.min_free_disk;
+  // sets *available to what was found.
+  bool DiskHasRoom(uint64_t* available);
   absl::Status Exec(const char* sql);
   absl::Status Evict();
   // One more event of chunk `ref` is done; deletes the chunk when all are.
   absl::Status Done(const EventRef& ref);
+  // Stores the ids of deleted chunk `seq`, keeping only the newest RecentIds window of them.
+  absl::Status KeepShippedIds(uint64_t seq, const std::vector<chain::RecentIds::Key>& keys);
 
   const SpoolOptions options_;
   Clock* const clock_;
   sqlite3* const db_;                            // writer thread only (and Init)
+  const std::string dir_;                        // the directory holding the file
+  uint64_t page_size_ = 65536;                   // set in Init
   chain::Chainer chainer_;                       // writer thread only
+  chain::RecentIds recent_;                      // writer thread only (and Init)
   std::unordered_map<uint64_t, uint32_t> done_;  // chunk → events done; writer thread only
 
   std::mutex mu_;
@@ -183,15 +231,22 @@ class Spool {
   bool closing_ = false;                                // guarded by mu_
   std::function<void()> commit_listener_;               // set before traffic
   std::function<void()> failure_listener_;              // set before traffic
+  // The tap (set before traffic) and the events of the commit in progress (writer thread).
+  std::function<void(std::vector<CommittedEvent>)> tap_;
+  std::atomic<bool> tapping_{false};
+  std::vector<CommittedEvent> tapped_;
 
   // Counters, written by the writer thread (pending_bytes_ by appenders too).
   std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};
   std::atomic<uint64_t> dead_letters_{0}, commits_{0}, appended_{0}, evicted_{0};
-  std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0};
+  std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0}, deduplicated_{0};
   std::atomic<bool> failed_{false};
-  std::string failure_;               // writer thread; copied under mu_ into failure_copy_
-  std::string failure_copy_;          // guarded by mu_
-  int64_t last_age_eviction_ms_ = 0;  // writer thread only
+  std::atomic<bool> disk_full_{false};  // written by the writer thread
+  std::string failure_;                 // writer thread; copied under mu_ into failure_copy_
+  std::string failure_copy_;            // guarded by mu_
+  int64_t last_age_eviction_ms_ = 0;    // writer thread only
+  uint64_t shipped_ids_ = 0;            // ids in the shipped_ids table; writer thread only
+  uint64_t corrupt_moved_ = 0;          // set in Open, before the writer starts
 
   std::thread writer_;
 };

@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "daemon/common/crypto.h"
+#include "daemon/spool/recovery.h"
 
 namespace toolgate::spool {
 namespace {
@@ -133,6 +136,138 @@ TEST_F(SpoolTest, FullSpoolRefusesWholeRequestsWithoutDropping) {
   EXPECT_TRUE(AppendSync(s.get(), {Ev("a", 999)}).ok());
 }
 
+TEST_F(SpoolTest, ResentEventsAreAcknowledgedButStoredOnceAndTheChainStaysWhole) {
+  std::vector<normalize::NormalizedEvent> first = {Ev("a", 1), Ev("a", 2)};
+  {
+    auto s = Open(false);
+    ASSERT_TRUE(AppendSync(s.get(), first).ok());
+    // The acknowledgement was lost: the client sends the same events again, then a new one.
+    std::vector<normalize::NormalizedEvent> again = first;
+    again.push_back(Ev("a", 3));
+    ASSERT_TRUE(AppendSync(s.get(), again).ok());
+    EXPECT_EQ(s->stats().deduplicated, 2u);
+    EXPECT_EQ(s->stats().queue_depth, 3u);
+    const auto rows = ReadAll(s.get());
+    ASSERT_EQ(rows.size(), 3u);
+    EXPECT_NE(rows[2].body.find("\"previousHash\":\"" + Sha256Hex(rows[1].body) + "\""),
+              std::string::npos);
+  }
+  // After a restart the stored events are still recognised (the daemon crashed before the ack).
+  auto s = Open(false);
+  ASSERT_TRUE(AppendSync(s.get(), {first[1], Ev("a", 4)}).ok());
+  EXPECT_EQ(s->stats().deduplicated, 1u);
+  const auto rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_NE(rows[3].body.find("\"previousHash\":\"" + Sha256Hex(rows[2].body) + "\""),
+            std::string::npos);
+}
+
+TEST_F(SpoolTest, EventsOfARefusedCommitAreNotTakenForResendsWhenRetried) {
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = false;
+  o.max_pages = 24;  // 1.5 MiB: "the disk"
+  auto opened = Spool::Open(o, &clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  absl::Status full;
+  normalize::NormalizedEvent refused;
+  for (int i = 0; i < 400 && full.ok(); ++i) {
+    refused = Ev("a", i, 8000);
+    full = AppendSync(s.get(), {refused});
+  }
+  ASSERT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  std::vector<EventRef> refs;
+  for (const auto& r : ReadAll(s.get())) refs.push_back(r.ref());
+  s->Ack(refs);
+  absl::Status retried;
+  for (int i = 0; i < 100; ++i) {  // the client's retry, once the acks have freed space
+    retried = AppendSync(s.get(), {refused});
+    if (retried.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(retried.ok()) << retried;
+  EXPECT_EQ(s->stats().deduplicated, 0u);
+  const auto rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_NE(rows[0].body.find(refused.event_id), std::string::npos);
+}
+
+TEST_F(SpoolTest, FullDiskRefusesAppendsButKeepsAcksUntilTheyFreeSpace) {
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = false;
+  o.limits.retry_after = std::chrono::milliseconds(250);
+  o.max_pages = 24;  // 1.5 MiB of 64 KiB pages: "the disk"
+  auto opened = Spool::Open(o, &clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  absl::Status full;
+  for (int i = 0; i < 400 && full.ok(); ++i) full = AppendSync(s.get(), {Ev("a", i, 8000)});
+  ASSERT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_NE(full.message().find("disk full"), std::string::npos) << full;
+  EXPECT_NE(full.message().find("retry after 250 ms"), std::string::npos) << full;
+  EXPECT_TRUE(s->stats().disk_full);
+  EXPECT_FALSE(s->stats().failed);  // not sticky: nothing is unknown after a rollback
+  const auto stored = ReadAll(s.get());
+  ASSERT_EQ(stored.size(), s->stats().queue_depth);
+
+  // The shipper acks everything while clients keep appending: a big append first, so that the
+  // ack and the next append wait together and share a commit that fails for the full disk.
+  std::vector<EventRef> refs;
+  for (const auto& r : stored) refs.push_back(r.ref());
+  std::promise<absl::Status> big, small;
+  std::vector<normalize::NormalizedEvent> many;
+  for (int i = 0; i < 300; ++i) many.push_back(Ev("b", i, 8000));
+  s->Append(std::move(many), [&](const absl::Status& st) { big.set_value(st); });
+  s->Ack(refs);
+  s->Append({Ev("c", 1, 8000)}, [&](const absl::Status& st) { small.set_value(st); });
+  EXPECT_EQ(big.get_future().get().code(), absl::StatusCode::kResourceExhausted);
+  // The small append may get in once the acks have freed pages, or be refused with the big one.
+  const uint64_t small_stored = small.get_future().get().ok() ? 1 : 0;
+  // The acks were not lost with the refused appends: the queue empties and space returns.
+  for (int i = 0; i < 200 && s->stats().queue_depth > small_stored; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(s->stats().queue_depth, small_stored);
+  absl::Status after;
+  for (int i = 0; i < 100; ++i) {
+    after = AppendSync(s.get(), {Ev("d", i, 8000)});
+    if (after.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(after.ok()) << after;
+  EXPECT_FALSE(s->stats().disk_full);
+}
+
+TEST_F(SpoolTest, BelowMinFreeDiskAppendsWaitWhileAcksStillCommit) {
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = false;
+  o.limits.min_free_disk = 0;
+  std::vector<EventRef> refs;
+  {
+    auto s = std::move(*Spool::Open(o, &clock_));
+    ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2)}).ok());
+    for (const auto& r : ReadAll(s.get())) refs.push_back(r.ref());
+  }
+  o.limits.min_free_disk = 1ull << 60;  // more than any disk: always "low"
+  o.limits.retry_after = std::chrono::milliseconds(300);
+  auto s = std::move(*Spool::Open(o, &clock_));
+  const absl::Status refused = AppendSync(s.get(), {Ev("a", 3)});
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("spool.min_free_disk"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("retry after 300 ms"), std::string::npos) << refused;
+  EXPECT_TRUE(s->stats().disk_full);
+  // Acks are what frees space: they commit.
+  s->Ack(refs);
+  for (int i = 0; i < 200 && !ReadAll(s.get()).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(ReadAll(s.get()).empty());
+  EXPECT_EQ(s->stats().queue_depth, 0u);
+}
+
 TEST_F(SpoolTest, StandaloneRetentionEvictsOldest) {
   auto s = Open(true, 1 << 16);
   for (int i = 0; i < 200; ++i) ASSERT_TRUE(AppendSync(s.get(), {Ev("a", i, 1000)}).ok());
@@ -215,6 +350,124 @@ TEST_F(SpoolTest, ConcurrentAppendsAllCommitInPerSessionOrder) {
     hash = Sha256Hex(r.body);
   }
   EXPECT_EQ(last.size(), 4u);
+}
+
+// --- Start-up recovery (recovery.h): an unreadable file is moved aside, never a crash loop.
+
+std::string ReadFile(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteFile(const std::filesystem::path& p, const std::string& data) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+std::string Garbage(size_t n) {
+  std::mt19937 rng(42);
+  std::string out(n, '\0');
+  for (char& c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+// Files of dir_ whose name starts with `prefix` and holds ".corrupt-".
+std::vector<std::filesystem::path> MovedAsideFiles(const std::filesystem::path& dir,
+                                                   const std::string& prefix) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix + ".corrupt-", 0) == 0) out.push_back(e.path());
+  }
+  return out;
+}
+
+TEST_F(SpoolTest, GarbageDatabaseIsMovedAsideAndTheSpoolStartsEmpty) {
+  const std::string garbage = Garbage(300000);
+  WriteFile(dir_ / "spool.db", garbage);
+  auto s = Open(false);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->stats().corrupt_moved, 1u);
+  EXPECT_EQ(s->stats().queue_depth, 0u);
+  const auto moved = MovedAsideFiles(dir_, "spool.db");
+  ASSERT_EQ(moved.size(), 1u);
+  EXPECT_EQ(ReadFile(moved[0]), garbage);  // kept as it was, for an operator
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());
+  EXPECT_EQ(ReadAll(s.get()).size(), 1u);
+}
+
+TEST_F(SpoolTest, TruncatedDatabaseIsMovedAside) {
+  {
+    auto s = Open(false);
+    for (int i = 0; i < 12; ++i) ASSERT_TRUE(AppendSync(s.get(), {Ev("a", i, 100000)}).ok());
+  }
+  const auto db = dir_ / "spool.db";
+  ASSERT_GT(std::filesystem::file_size(db), 600000u);
+  std::filesystem::resize_file(db, 300000);
+  auto s = Open(false);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->stats().corrupt_moved, 1u);
+  EXPECT_EQ(s->stats().stored_events, 0u);
+  EXPECT_EQ(MovedAsideFiles(dir_, "spool.db").size(), 1u);
+  EXPECT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());
+}
+
+TEST_F(SpoolTest, GarbageWriteAheadLogIsMovedAsideAndTheDatabaseKept) {
+  {
+    auto s = Open(false);
+    ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2), Ev("b", 1)}).ok());
+  }
+  WriteFile(dir_ / "spool.db-wal", Garbage(70000));
+  auto s = Open(false);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->stats().corrupt_moved, 1u);
+  EXPECT_EQ(s->stats().queue_depth, 3u);
+  EXPECT_EQ(MovedAsideFiles(dir_, "spool.db-wal").size(), 1u);
+  EXPECT_TRUE(MovedAsideFiles(dir_, "spool.db").empty());
+  // The chain goes on from the kept heads.
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 3)}).ok());
+  const auto rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_NE(rows[3].body.find(Sha256Hex(rows[1].body)), std::string::npos);
+}
+
+TEST_F(SpoolTest, HealthyDatabaseAfterAnUncleanStopIsKept) {
+  // A copy of the files while the spool is open is what a kill -9 leaves: a live WAL.
+  const auto copy = dir_ / "copy";
+  std::filesystem::create_directories(copy);
+  {
+    auto s = Open(false);
+    ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2)}).ok());
+    for (const char* f : {"spool.db", "spool.db-wal", "spool.db-shm"}) {
+      std::filesystem::copy_file(dir_ / f, copy / f);
+    }
+  }
+  auto moved = MoveAsideIfUnreadable((copy / "spool.db").string(), clock_.Now());
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_TRUE(moved->files.empty()) << moved->reason;
+}
+
+TEST_F(SpoolTest, AFileThatCannotBeCheckedIsAnErrorNotAMove) {
+  // A directory where the database should be: not corruption, so nothing is moved.
+  std::filesystem::create_directories(dir_ / "spool.db");
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = false;
+  auto s = Spool::Open(o, &clock_);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(std::filesystem::is_directory(dir_ / "spool.db"));
+  EXPECT_TRUE(MovedAsideFiles(dir_, "spool.db").empty());
+}
+
+TEST_F(SpoolTest, MovedAsideNamesNeverOverwriteEarlierOnes) {
+  for (int i = 0; i < 3; ++i) {
+    WriteFile(dir_ / "spool.db", Garbage(5000 + i));
+    auto moved = MoveAsideIfUnreadable((dir_ / "spool.db").string(), clock_.Now());
+    ASSERT_TRUE(moved.ok()) << moved.status();
+    ASSERT_EQ(moved->files.size(), 1u);
+    EXPECT_FALSE(moved->reason.empty());
+  }
+  EXPECT_EQ(MovedAsideFiles(dir_, "spool.db").size(), 3u);  // same second, three names
 }
 
 }  // namespace

@@ -292,6 +292,31 @@ def test_sigterm_drains_the_queue_before_exit(make_daemon, upstream):
     assert set(r.event_ids) <= set(upstream.event_ids())
 
 
+def test_a_resend_after_a_lost_ack_is_stored_once_and_the_chain_verifies(make_daemon, upstream,
+                                                                           tmp_path):
+    import urllib.request
+    d = make_daemon(upstream=upstream, args=FAST_RETRY).start()
+    events = [tool_event(session="s-resend", event_id=str(uuid.uuid4())) for _ in range(3)]
+    d.events().Record(events_pb2.RecordRequest(events=events[:2]), timeout=10)
+    # The client never saw that acknowledgement: it sends both again, then the next event, and
+    # that one again after a restart (as if the daemon had crashed before acknowledging it),
+    # when all three have been shipped and left the spool.
+    r = d.events().Record(events_pb2.RecordRequest(events=events), timeout=10)
+    assert list(r.event_ids) == [e.event_id for e in events]
+    assert upstream.wait_for_events(3, timeout=20)
+    wait_until(lambda: d.status().stored_events == 0, what="shipped chunks deleted")
+    d.stop()
+    d.start()
+    d.events().Record(events_pb2.RecordRequest(events=events[2:]), timeout=10)
+    time.sleep(0.5)
+    wait_until(lambda: d.status().queue_depth == 0, what="queue drained")
+    received = upstream.events()
+    assert sorted(e["eventId"] for e in received) == sorted(e.event_id for e in events)
+    verify_chains(received, tmp_path)
+    text = urllib.request.urlopen(d.http_address + "/metrics").read().decode()
+    assert "toolgate_events_deduplicated_total 1" in text  # the restart's resend
+
+
 def test_metrics_and_healthz(make_daemon, upstream):
     import urllib.request
     d = make_daemon(upstream=upstream, args=FAST_RETRY).start()
