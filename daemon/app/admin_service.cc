@@ -1,9 +1,12 @@
 #include "daemon/app/admin_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "daemon/common/time_util.h"
 
 namespace toolgate::app {
@@ -203,6 +206,151 @@ grpc::ServerWriteReactor<StoredEvent>* AdminService::ExportSession(
     return true;
   });
   return new ListWriter(std::move(items), s.ok() ? grpc::Status::OK : Unavailable(s));
+}
+
+// One Tail call. The spool's tap reaches it through tails_, not through the reactor: a tap
+// still running when the call ends finds `reactor` null (set under `mu` in OnDone).
+struct AdminService::TailState {
+  std::string session_id, agent_id;  // filters (empty = any); set before the state is shared
+
+  std::mutex mu;
+  grpc::ServerWriteReactor<StoredEvent>* reactor = nullptr;  // guarded by mu
+  std::deque<StoredEvent> queue;                             // guarded by mu
+  StoredEvent current;  // the message being written; guarded by mu
+  // `writing` also holds writes back until the initial metadata is sent.
+  bool writing = false, finished = false;  // guarded by mu
+
+  bool Wants(const spool::CommittedEvent& e) const {
+    return (session_id.empty() || e.session_id == session_id) &&
+           (agent_id.empty() || e.agent_id == agent_id);
+  }
+  // Requires mu.
+  void WriteNextLocked() {
+    if (reactor == nullptr || writing || finished || queue.empty()) return;
+    current = std::move(queue.front());
+    queue.pop_front();
+    writing = true;
+    reactor->StartWrite(&current);
+  }
+  // Requires mu.
+  void FinishLocked(const grpc::Status& s) {
+    if (reactor == nullptr || finished) return;
+    finished = true;
+    queue.clear();
+    reactor->Finish(s);
+  }
+  // On the spool's writer thread: queues, never waits.
+  void Push(const std::vector<spool::CommittedEvent>& events) {
+    std::lock_guard<std::mutex> l(mu);
+    if (finished) return;
+    for (const auto& e : events) {
+      if (!Wants(e)) continue;
+      if (queue.size() >= kMaxTailQueue) {
+        FinishLocked(grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("tail too slow: more than ", kMaxTailQueue, " events queued for it")));
+        return;
+      }
+      StoredEvent& out = queue.emplace_back();
+      out.set_seq(e.seq);
+      out.set_event_json(e.body);
+    }
+    WriteNextLocked();
+  }
+};
+
+class AdminService::TailReactor final : public grpc::ServerWriteReactor<StoredEvent> {
+ public:
+  TailReactor(AdminService* service, std::shared_ptr<TailState> state)
+      : service_(service), state_(std::move(state)) {
+    state_->reactor = this;
+  }
+
+  // Registers the tail, then sends the initial metadata: a client that has it knows that every
+  // event committed from then on reaches it.
+  void Start() {
+    state_->writing = true;  // no write before the initial metadata
+    {
+      std::lock_guard<std::mutex> l(service_->tails_mu_);
+      if (service_->tails_stopped_) {
+        std::lock_guard<std::mutex> sl(state_->mu);
+        state_->FinishLocked(
+            grpc::Status(grpc::StatusCode::UNAVAILABLE, "toolgated is shutting down"));
+        return;
+      }
+      service_->tails_.push_back(state_);
+      service_->spool_->SetTapping(true);
+    }
+    std::lock_guard<std::mutex> l(state_->mu);
+    if (!state_->finished) StartSendInitialMetadata();
+  }
+
+  void OnSendInitialMetadataDone(bool ok) override {
+    std::lock_guard<std::mutex> l(state_->mu);
+    state_->writing = false;
+    if (!ok) {
+      state_->FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    state_->WriteNextLocked();
+  }
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> l(state_->mu);
+    state_->writing = false;
+    if (!ok) {
+      state_->FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    state_->WriteNextLocked();
+  }
+  void OnCancel() override {
+    std::lock_guard<std::mutex> l(state_->mu);
+    state_->FinishLocked(grpc::Status::CANCELLED);
+  }
+  void OnDone() override {
+    service_->RemoveTail(state_);
+    {
+      std::lock_guard<std::mutex> l(state_->mu);
+      state_->reactor = nullptr;
+    }
+    delete this;
+  }
+
+ private:
+  AdminService* const service_;
+  const std::shared_ptr<TailState> state_;
+};
+
+grpc::ServerWriteReactor<StoredEvent>* AdminService::Tail(grpc::CallbackServerContext* ctx,
+                                                          const TailRequest* req) {
+  // Tells the client, with the initial metadata, that the tail is registered.
+  ctx->AddInitialMetadata(kTailReadyKey, "1");
+  auto state = std::make_shared<TailState>();
+  state->session_id = req->session_id();
+  state->agent_id = req->agent_id();
+  auto* reactor = new TailReactor(this, std::move(state));
+  reactor->Start();
+  return reactor;
+}
+
+void AdminService::OnCommitted(std::vector<spool::CommittedEvent> events) {
+  std::lock_guard<std::mutex> l(tails_mu_);
+  for (const auto& tail : tails_) tail->Push(events);
+}
+
+void AdminService::RemoveTail(const std::shared_ptr<TailState>& tail) {
+  std::lock_guard<std::mutex> l(tails_mu_);
+  tails_.erase(std::remove(tails_.begin(), tails_.end(), tail), tails_.end());
+  if (tails_.empty()) spool_->SetTapping(false);
+}
+
+void AdminService::StopTails() {
+  std::lock_guard<std::mutex> l(tails_mu_);
+  tails_stopped_ = true;
+  for (const auto& tail : tails_) {
+    std::lock_guard<std::mutex> sl(tail->mu);
+    tail->FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "toolgated is shutting down"));
+  }
 }
 
 }  // namespace toolgate::app

@@ -1,4 +1,9 @@
-// AdminService: toolgate.v1.Admin (status, flush, dead letters, sessions, export).
+// AdminService: toolgate.v1.Admin (status, flush, dead letters, sessions, export, tail).
+//
+// Tail streams the events each commit makes durable, fed by the spool's tap (OnCommitted, on
+// the spool's writer thread). The tap is on only while at least one tail is open. Each tail has
+// its own queue of at most kMaxTailQueue events: a tail that reads slower than events commit is
+// ended with RESOURCE_EXHAUSTED, so that it never slows the spool nor holds memory unbounded.
 //
 // Thread-safe. Reads open their own spool reader per call; mutations go through the spool's
 // writer. Flush waits on a helper thread, never on a gRPC thread.
@@ -6,6 +11,9 @@
 #define TOOLGATE_DAEMON_APP_ADMIN_SERVICE_H_
 
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "daemon/policy/policy_source.h"
 #include "daemon/spool/spool.h"
@@ -44,12 +52,34 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
                                          toolgate::v1::ListSessionsResponse* resp) override;
   grpc::ServerWriteReactor<toolgate::v1::StoredEvent>* ExportSession(
       grpc::CallbackServerContext* ctx, const toolgate::v1::ExportSessionRequest* req) override;
+  grpc::ServerWriteReactor<toolgate::v1::StoredEvent>* Tail(
+      grpc::CallbackServerContext* ctx, const toolgate::v1::TailRequest* req) override;
+
+  // Initial metadata of a Tail call, sent once the tail is registered: from then on, every
+  // committed event reaches it.
+  static constexpr char kTailReadyKey[] = "toolgate-tail-ready";
+  // Events queued for one tail at most; beyond, that tail ends with RESOURCE_EXHAUSTED.
+  static constexpr size_t kMaxTailQueue = 10000;
+
+  // The spool's tap (Spool::SetTap): hands committed events to the open tails. Never blocks.
+  void OnCommitted(std::vector<spool::CommittedEvent> events);
+  // Ends the open tails with UNAVAILABLE and refuses new ones: called at shutdown, before the
+  // server waits for its calls to end (a tail never ends by itself).
+  void StopTails();
 
  private:
+  struct TailState;
+  class TailReactor;
+  void RemoveTail(const std::shared_ptr<TailState>& tail);
+
   spool::Spool* const spool_;
   const StatusFiller fill_status_;
   const FlushHook flush_;
   const ReloadHook reload_;
+
+  std::mutex tails_mu_;                            // taken before a TailState's mutex
+  std::vector<std::shared_ptr<TailState>> tails_;  // guarded by tails_mu_
+  bool tails_stopped_ = false;                     // guarded by tails_mu_
 };
 
 }  // namespace toolgate::app
