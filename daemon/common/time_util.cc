@@ -75,6 +75,9 @@ absl::StatusOr<SystemTime> ParseRfc3339(std::string_view s) {
   if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60) {
     return bad("field out of range");
   }
+  // SystemTime counts nanoseconds in 64 bits: years past 2262 would overflow (found by
+  // tests/fuzz/event_fuzz.cc). No agent event is from before 1970 or after 2200.
+  if (year < 1970 || year > 2200) return bad("year out of range (1970 to 2200)");
   size_t pos = 19;
   long long micros = 0;
   if (pos < s.size() && s[pos] == '.') {
