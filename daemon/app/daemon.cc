@@ -1,8 +1,10 @@
 #include "daemon/app/daemon.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <httplib.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
@@ -10,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -23,21 +26,56 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/agents/agents_service.h"
+#include "daemon/agents/registry.h"
 #include "daemon/app/admin_service.h"
 #include "daemon/common/clock.h"
 #include "daemon/common/crypto.h"
+#include "daemon/common/http_client.h"
 #include "daemon/common/log.h"
 #include "daemon/guardian/guardian.h"
 #include "daemon/guardian/guardian_service.h"
+#include "daemon/guardian/upstream_poller.h"
 #include "daemon/ingest/events_service.h"
 #include "daemon/normalize/normalizer.h"
+#include "daemon/notifier/inbound.h"
+#include "daemon/notifier/notifier.h"
 #include "daemon/policy/policy_service.h"
 #include "daemon/policy/policy_source.h"
+#include "daemon/policy/policy_sync.h"
+#include "daemon/policy/remote_checker.h"
 #include "daemon/shipper/shipper.h"
+#include "daemon/spool/recovery.h"
 #include "daemon/spool/spool.h"
 
 namespace toolgate::app {
 namespace {
+
+// Counts the gRPC calls in progress (an interceptor lives as long as its call), so that
+// shutdown can tell "calls still running" from "idle client connections": gRPC's Shutdown
+// waits for both until its deadline, since a client may keep a connection open after GOAWAY.
+class CallCounter final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo*) override {
+    return new Counted(&in_flight_);
+  }
+  uint64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+
+ private:
+  class Counted final : public grpc::experimental::Interceptor {
+   public:
+    explicit Counted(std::atomic<uint64_t>* n) : n_(n) { n_->fetch_add(1); }
+    ~Counted() override { n_->fetch_sub(1, std::memory_order_release); }
+    void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+      methods->Proceed();
+    }
+
+   private:
+    std::atomic<uint64_t>* const n_;
+  };
+  std::atomic<uint64_t> in_flight_{0};
+};
 
 namespace fs = std::filesystem;
 
@@ -82,13 +120,23 @@ struct Daemon::Impl {
   std::unique_ptr<normalize::Normalizer> normalizer;
   std::unique_ptr<spool::Spool> spool;
   std::unique_ptr<shipper::Shipper> shipper;
+  // Before events and guardian, whose hooks point at it: destroyed after them.
+  std::unique_ptr<notifier::Notifier> notifier;                 // with notifier.endpoints
+  std::unique_ptr<notifier::InboundWebhooks> inbound_webhooks;  // with an inbound secret
   std::unique_ptr<ingest::EventsService> events;
   std::unique_ptr<AdminService> admin;
   std::unique_ptr<policy::PolicySource> policies;
   std::unique_ptr<guardian::Guardian> guardian;
   std::unique_ptr<guardian::GuardianService> guardian_service;
   std::unique_ptr<policy::PolicyService> policy_service;
+  std::unique_ptr<HttpClient> upstream_api;  // with an upstream: everything but /v1/events
+  std::unique_ptr<policy::RemoteChecker> remote_policy;       // policy.mode remote
+  std::unique_ptr<policy::PolicySync> policy_sync;            // policy.mode sync
+  std::unique_ptr<guardian::UpstreamPoller> guardian_poller;  // with an upstream
+  std::unique_ptr<agents::AgentRegistry> agent_registry;
+  std::unique_ptr<agents::AgentsService> agents_service;
   std::unique_ptr<grpc::Server> server;
+  CallCounter* calls = nullptr;  // owned by the server
   std::unique_ptr<httplib::Server> http;
   std::thread http_thread;
   std::thread watchdog_thread;
@@ -97,6 +145,7 @@ struct Daemon::Impl {
   bool watchdog_stop = false;  // guarded by watchdog_mu
   std::vector<std::string> listening;
   bool shut_down = false;
+  uint64_t guardian_corrupt_moved = 0;  // 1 when guardian.db was moved aside at start-up
 
   void FillStatus(toolgate::v1::StatusResponse* r) {
     const spool::Stats s = spool->stats();
@@ -126,6 +175,10 @@ struct Daemon::Impl {
     }
     r->set_spool_failed(s.failed);
     r->set_pending_approvals(guardian->pending());
+    if (remote_policy) {
+      r->set_breaker_state(
+          std::string(policy::CircuitBreaker::Name(remote_policy->breaker_state())));
+    }
   }
 
   std::string Metrics() {
@@ -150,10 +203,22 @@ struct Daemon::Impl {
         Family("toolgate_dead_letters", "Events refused by the upstream, kept aside.",
                MetricType::Gauge, s.dead_letters),
         Family("toolgate_spool_commits_total", "Group commits.", MetricType::Counter, s.commits),
+        Family("toolgate_events_deduplicated_total",
+               "Resent events recognised by eventId and acknowledged without being stored again.",
+               MetricType::Counter, s.deduplicated),
         Family("toolgate_spool_evicted_total", "Events evicted by standalone retention.",
                MetricType::Counter, s.evicted),
         Family("toolgate_spool_failed", "1 when the store failed and refuses writes.",
                MetricType::Gauge, s.failed ? 1 : 0),
+        Family("toolgate_spool_disk_full",
+               "1 while appends are refused for a full disk (below spool.min_free_disk).",
+               MetricType::Gauge, s.disk_full ? 1 : 0),
+        Family("toolgate_spool_corrupt_moved_total",
+               "Unreadable spool files moved aside at start-up (the spool started empty).",
+               MetricType::Counter, s.corrupt_moved),
+        Family("toolgate_guardian_corrupt_moved_total",
+               "Unreadable guardian.db files moved aside at start-up.", MetricType::Counter,
+               guardian_corrupt_moved),
     };
     const policy::CheckStats cs = policy_service->stats();
     f.push_back(Family("toolgate_checks_allow_total", "Check answers ALLOW.", MetricType::Counter,
@@ -169,6 +234,51 @@ struct Daemon::Impl {
                        cs.audit_failures));
     f.push_back(Family("toolgate_guardian_pending", "Actions waiting for a human decision.",
                        MetricType::Gauge, guardian->pending()));
+    f.push_back(Family("toolgate_agents_registered", "Agents registered with this daemon.",
+                       MetricType::Gauge, agent_registry->size()));
+    f.push_back(Family("toolgate_agents_upstream_failures_total",
+                       "Failed upstream registrations (POST /v1/agents), retried.",
+                       MetricType::Counter, agents_service->upstream_failures()));
+    if (remote_policy) {
+      const policy::RemoteStats rs = remote_policy->stats();
+      f.push_back(Family("toolgate_remote_policy_requests_total",
+                         "POST /v1/policies/check requests sent.", MetricType::Counter,
+                         rs.requests));
+      f.push_back(Family("toolgate_remote_policy_failures_total",
+                         "Remote checks that got no verdict (error, timeout, bad answer).",
+                         MetricType::Counter, rs.failures));
+      f.push_back(Family("toolgate_remote_policy_cache_hits_total",
+                         "Checks answered from the remote verdict cache.", MetricType::Counter,
+                         rs.cache_hits));
+      f.push_back(Family("toolgate_checks_failed_open_total",
+                         "Checks answered ALLOW by failure_mode open.", MetricType::Counter,
+                         rs.failed_open));
+      f.push_back(Family("toolgate_checks_failed_closed_total",
+                         "Checks answered DENY by failure_mode closed.", MetricType::Counter,
+                         rs.failed_closed));
+      f.push_back(Family(
+          "toolgate_remote_policy_breaker_open",
+          "1 while the remote policy circuit breaker is open or half-open.", MetricType::Gauge,
+          remote_policy->breaker_state() == policy::CircuitBreaker::State::kClosed ? 0 : 1));
+      f.push_back(Family("toolgate_remote_policy_breaker_opened_total",
+                         "Times the remote policy circuit breaker opened.", MetricType::Counter,
+                         rs.breaker_opened));
+    }
+    if (policy_sync) {
+      f.push_back(Family("toolgate_policy_syncs_total", "Fetches of the upstream's policies.",
+                         MetricType::Counter, policy_sync->syncs()));
+      f.push_back(Family("toolgate_policy_sync_failures_total",
+                         "Policy syncs that failed (the last good rules stayed in force).",
+                         MetricType::Counter, policy_sync->failures()));
+    }
+    if (guardian_poller) {
+      f.push_back(Family("toolgate_guardian_upstream_decisions_total",
+                         "Decisions of upstream pending actions applied locally.",
+                         MetricType::Counter, guardian_poller->applied()));
+      f.push_back(Family("toolgate_guardian_upstream_errors_total",
+                         "Failed polls of, or forwards to, the upstream's guardian.",
+                         MetricType::Counter, guardian_poller->errors()));
+    }
     f.push_back(Family("toolgate_policy_reloads_total", "Policy files taken.", MetricType::Counter,
                        policies->reloads()));
     f.push_back(Family("toolgate_policy_reload_failures_total",
@@ -189,6 +299,37 @@ struct Daemon::Impl {
                          MetricType::Gauge, sh.in_flight));
       f.push_back(Family("toolgate_upstream_up", "1 unless the last upstream request failed.",
                          MetricType::Gauge, sh.state == "ok" || sh.state.empty() ? 1 : 0));
+    }
+    if (notifier) {
+      const notifier::NotifierStats ns = notifier->stats();
+      f.push_back(Family("toolgate_webhooks_delivered_total", "Webhook deliveries answered 2xx.",
+                         MetricType::Counter, ns.delivered));
+      f.push_back(Family("toolgate_webhooks_retried_total",
+                         "Webhook attempts that failed and will be retried.", MetricType::Counter,
+                         ns.retried));
+      f.push_back(Family("toolgate_webhooks_failed_total",
+                         "Webhook deliveries given up after the last retry.", MetricType::Counter,
+                         ns.failed));
+      f.push_back(Family("toolgate_webhooks_pending", "Webhook deliveries not yet delivered.",
+                         MetricType::Gauge, ns.pending));
+      f.push_back(Family("toolgate_webhooks_dropped_total",
+                         "Webhook signals dropped because the notifier's queue was full.",
+                         MetricType::Counter, ns.dropped));
+      f.push_back(Family("toolgate_webhooks_store_errors_total",
+                         "Failed writes to notifier.db (deliveries then live in memory only).",
+                         MetricType::Counter, ns.store_errors));
+    }
+    if (inbound_webhooks) {
+      const notifier::InboundStats is = inbound_webhooks->stats();
+      f.push_back(Family("toolgate_inbound_webhooks_accepted_total",
+                         "Inbound webhooks with a valid signature.", MetricType::Counter,
+                         is.accepted));
+      f.push_back(Family("toolgate_inbound_webhooks_rejected_total",
+                         "Inbound webhooks refused (bad, stale or missing signature; too large).",
+                         MetricType::Counter, is.rejected));
+      f.push_back(Family("toolgate_inbound_webhooks_decisions_total",
+                         "Guardian decisions applied from inbound webhooks.", MetricType::Counter,
+                         is.decisions));
     }
     return prometheus::TextSerializer().Serialize(f);
   }
@@ -289,6 +430,27 @@ struct Daemon::Impl {
     });
   }
 
+  // Webhooks from the upstream, signed with x-kaplaix-signature (daemon/notifier/inbound.h).
+  void AddWebhookRoutes() {
+    http->Post("/v1/webhooks/kaplaix", [this](const httplib::Request& req, httplib::Response& res) {
+      if (!inbound_webhooks) {
+        res.status = 404;
+        res.set_content(nlohmann::json({{"error",
+                                         {{"code", "NOT_FOUND"},
+                                          {"message",
+                                           "inbound webhooks are off (set "
+                                           "notifier.inbound_secret_file)"}}}})
+                            .dump(),
+                        "application/json");
+        return;
+      }
+      const notifier::InboundResponse r =
+          inbound_webhooks->Handle(req.get_header_value("x-kaplaix-signature"), req.body);
+      res.status = r.status;
+      res.set_content(r.body, "application/json");
+    });
+  }
+
   absl::Status StartHttp() {
     if (cfg.http_listen.empty()) return absl::OkStatus();
     http = std::make_unique<httplib::Server>();
@@ -304,6 +466,7 @@ struct Daemon::Impl {
       }
     });
     AddGuardianRoutes();
+    AddWebhookRoutes();
     const size_t colon = cfg.http_listen.rfind(':');
     std::string host = cfg.http_listen.substr(0, colon);
     if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
@@ -388,20 +551,77 @@ absl::Status Daemon::Start() {
       }
     });
   };
-  auto guardian = guardian::Guardian::Open((fs::path(cfg.data_dir) / "guardian.db").string(),
-                                           d.clock, record_decision);
+  const std::string guardian_path = (fs::path(cfg.data_dir) / "guardian.db").string();
+  auto guardian_moved = spool::MoveAsideIfUnreadable(guardian_path, d.clock->Now());
+  if (!guardian_moved.ok()) return guardian_moved.status();
+  d.guardian_corrupt_moved = guardian_moved->files.empty() ? 0 : 1;
+  auto guardian = guardian::Guardian::Open(guardian_path, d.clock, record_decision);
   if (!guardian.ok()) return guardian.status();
   d.guardian = std::move(*guardian);
   d.guardian_service = std::make_unique<guardian::GuardianService>(d.guardian.get());
   d.policy_service = std::make_unique<policy::PolicyService>(
       cfg.policy, cfg.ingest.max_argument_bytes, d.policies.get(), d.normalizer.get(),
       d.spool.get(), d.guardian.get(), d.clock);
+  if (!cfg.standalone()) {
+    HttpClientOptions ho;
+    ho.base_url = cfg.upstream.url;
+    ho.api_key = cfg.upstream.api_key;
+    ho.user_agent = absl::StrCat("toolgate/", kVersion);
+    ho.ca_file = cfg.upstream.ca_file;
+    ho.insecure_skip_verify = cfg.upstream.insecure_skip_verify;
+    ho.connect_timeout = cfg.upstream.connect_timeout;
+    auto http_client = HttpClient::Create(ho);
+    if (!http_client.ok()) return http_client.status();
+    d.upstream_api = std::move(*http_client);
+    if (cfg.policy.mode == "remote") {
+      d.remote_policy =
+          std::make_unique<policy::RemoteChecker>(cfg.policy, d.upstream_api.get(), d.clock);
+      d.policy_service->UseRemote(d.remote_policy.get());
+    } else if (cfg.policy.mode == "sync") {
+      d.policy_sync = std::make_unique<policy::PolicySync>(
+          cfg.policy, cfg.data_dir, d.policies.get(), d.upstream_api.get(), cfg.upstream.timeout);
+    }
+    if (cfg.guardian.poll_interval.count() > 0) {
+      d.guardian_poller = std::make_unique<guardian::UpstreamPoller>(
+          d.guardian.get(), d.upstream_api.get(), cfg.guardian.poll_interval, cfg.upstream.timeout);
+    }
+  }
+  if (!cfg.notifier.endpoint_list.empty()) {
+    auto n =
+        notifier::Notifier::Open(cfg.notifier, (fs::path(cfg.data_dir) / "notifier.db").string(),
+                                 d.clock, absl::StrCat("toolgate/", kVersion));
+    if (!n.ok()) return n.status();
+    d.notifier = std::move(*n);
+    d.events->SetLifecycleObserver(
+        [n = d.notifier.get()](std::vector<toolgate::v1::Event> e) { n->OnEvents(std::move(e)); });
+    d.guardian->AddListener(
+        [n = d.notifier.get()](const guardian::PendingAction& a) { n->OnPendingAction(a); });
+    d.notifier->Start();
+  }
+  if (!cfg.notifier.inbound_secret.empty()) {
+    d.inbound_webhooks = std::make_unique<notifier::InboundWebhooks>(cfg.notifier.inbound_secret,
+                                                                     d.clock, d.guardian.get());
+  }
+  auto registry =
+      agents::AgentRegistry::Open((fs::path(cfg.data_dir) / "agents.db").string(), d.clock);
+  if (!registry.ok()) return registry.status();
+  d.agent_registry = std::move(*registry);
+  d.agents_service = std::make_unique<agents::AgentsService>(
+      d.agent_registry.get(), d.normalizer.get(), d.spool.get(), d.upstream_api.get(),
+      cfg.ingest.max_argument_bytes, cfg.upstream.timeout);
+  d.policy_service->SetToolsOf(
+      [reg = d.agent_registry.get()](const std::string& agent_id)
+          -> std::shared_ptr<const policy::ToolLookup> { return reg->Tools(agent_id); });
   d.admin = std::make_unique<AdminService>(
       d.spool.get(), [&d](toolgate::v1::StatusResponse* r) { d.FillStatus(r); },
       [&d] {
         if (d.shipper) d.shipper->RequestFlush();
       },
       [&d] { return d.policies->Reload(); });
+  // Live tails (Admin.Tail): the spool hands each commit's events over while one is open.
+  d.spool->SetTap([a = d.admin.get()](std::vector<spool::CommittedEvent> events) {
+    a->OnCommitted(std::move(events));
+  });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -424,6 +644,14 @@ absl::Status Daemon::Start() {
   builder.RegisterService(d.admin.get());
   builder.RegisterService(d.policy_service.get());
   builder.RegisterService(d.guardian_service.get());
+  builder.RegisterService(d.agents_service.get());
+  {
+    auto counter = std::make_unique<CallCounter>();
+    d.calls = counter.get();
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(std::move(counter));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   d.server = builder.BuildAndStart();
   if (!d.server || (!cfg.listen.empty() && tcp_port == 0)) {
     return absl::UnavailableError(absl::StrCat(
@@ -444,6 +672,9 @@ absl::Status Daemon::Start() {
     if (d.server) d.server->GetHealthCheckService()->SetServingStatus(false);
   });
   d.policies->StartWatching();
+  if (d.policy_sync) d.policy_sync->Start();
+  if (d.guardian_poller) d.guardian_poller->Start();
+  d.agents_service->Start();
   if (absl::Status s = d.StartHttp(); !s.ok()) return s;
 
   nlohmann::json fields = {{"version", kVersion},
@@ -451,6 +682,7 @@ absl::Status Daemon::Start() {
                            {"listen", d.listening},
                            {"data_dir", cfg.data_dir},
                            {"spool", so.path}};
+  fields["policy_mode"] = cfg.policy.mode;
   if (!cfg.standalone()) {
     fields["upstream"] = SafeUrl(cfg.upstream.url);
     fields["ingest_format"] = cfg.upstream.ingest_format;
@@ -511,14 +743,41 @@ void Daemon::Shutdown() {
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + d.cfg.shutdown_timeout;
   if (d.server) {
-    // Stop taking calls; in-flight ones finish as their commits land.
-    d.server->Shutdown(std::chrono::system_clock::now() + d.cfg.shutdown_timeout / 2);
+    // Streams never end by themselves (tails, idle event streams, waits, watches): end them
+    // first, or Shutdown would wait for its deadline. Event streams end once what they read
+    // is acknowledged; waits and watches end at once (their state is durable).
+    if (d.admin) d.admin->StopTails();
+    if (d.events) d.events->StopStreams();
+    if (d.policy_service) d.policy_service->EndWaits();
+    if (d.guardian_service) d.guardian_service->StopWatches();
+    // Stop taking calls; in-flight ones finish as their commits land. Once none is left, what
+    // still holds gRPC's Shutdown is idle client connections: they are closed then, instead
+    // of at Shutdown's deadline.
+    std::atomic<bool> stopped{false};
+    std::thread stopper([&] {
+      d.server->Shutdown(std::chrono::system_clock::now() + d.cfg.shutdown_timeout / 2);
+      stopped = true;
+    });
+    const auto calls_deadline = start + d.cfg.shutdown_timeout / 2;
+    // Shutdown starts by refusing new calls: give it that moment before counting.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    while (!stopped && d.calls->in_flight() > 0 &&
+           std::chrono::steady_clock::now() < calls_deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!stopped) grpc_server_cancel_all_calls(d.server->c_server());
+    stopper.join();
     d.server->Wait();
   }
   if (d.policies) d.policies->Stop();
+  if (d.policy_sync) d.policy_sync->Stop();
+  if (d.guardian_poller) d.guardian_poller->Stop();
+  if (d.agents_service) d.agents_service->Stop();
+  if (d.upstream_api) d.upstream_api->Stop();
   if (d.guardian) d.guardian->Close();
   if (d.shipper) d.shipper->Stop(deadline);
   if (d.spool) d.spool->Close();
+  if (d.notifier) d.notifier->Stop(deadline);  // after the spool's last commits told it
   if (d.http) {
     d.http->stop();
     if (d.http_thread.joinable()) d.http_thread.join();

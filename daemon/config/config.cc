@@ -18,7 +18,8 @@
 namespace toolgate::config {
 namespace {
 
-enum class Kind { kString, kSize, kCount, kBool, kDuration, kEnum };
+// kList: a YAML list, kept as its flow-style text (notifier.endpoints).
+enum class Kind { kString, kSize, kCount, kBool, kDuration, kEnum, kList };
 
 // One option: its path in the YAML file, how to read it, and its documentation.
 struct Option {
@@ -114,6 +115,9 @@ const std::vector<Option>& Options() {
              Kind::kSize, "standalone: events kept locally, oldest evicted beyond"),
       SubDur("spool.retention_max_age", &Config::spool, &SpoolOptions::retention_max_age,
              "standalone: events older than this are evicted"),
+      SubNum("spool.min_free_disk", &Config::spool, &SpoolOptions::min_free_disk, Kind::kSize,
+             "free disk space kept for acks and checkpoints; below it appends get "
+             "RESOURCE_EXHAUSTED (0 = none)"),
       SubNum("batch.max_events", &Config::batch, &BatchOptions::max_events, Kind::kCount,
              "events per upstream batch"),
       SubNum("batch.max_bytes", &Config::batch, &BatchOptions::max_bytes, Kind::kSize,
@@ -145,12 +149,54 @@ const std::vector<Option>& Options() {
              "largest retry delay bound"),
       SubDur("upstream.auth_failure_pause", &Config::upstream, &UpstreamOptions::auth_failure_pause,
              "pause of shipping after 401/403 (events are kept)"),
+      SubStr("policy.mode", &Config::policy, &PolicyOptions::mode,
+             "local: rules from policy.file | sync: rules from the upstream's GET /v1/policies | "
+             "remote: every Check asks POST /v1/policies/check",
+             {"local", "sync", "remote"}),
       SubStr("policy.file", &Config::policy, &PolicyOptions::file,
              "local policy file (YAML or JSON, docs/policy.md); unset = Check allows everything"),
       SubDur("policy.reload_interval", &Config::policy, &PolicyOptions::reload_interval,
              "how often the policy file is checked for changes (0 = only on SIGHUP / reload)"),
       SubBool("policy.record_checks", &Config::policy, &PolicyOptions::record_checks,
               "record every Check as an approval event in the session's chain"),
+      SubDur("policy.sync_interval", &Config::policy, &PolicyOptions::sync_interval,
+             "sync mode: how often the upstream's policies are fetched"),
+      SubDur("policy.remote_timeout", &Config::policy, &PolicyOptions::remote_timeout,
+             "remote mode: timeout of one POST /v1/policies/check"),
+      SubStr("policy.failure_mode", &Config::policy, &PolicyOptions::failure_mode,
+             "remote mode, no verdict to be had: open (allow) | closed (deny)", {"open", "closed"}),
+      SubDur("policy.remote_cache_ttl", &Config::policy, &PolicyOptions::remote_cache_ttl,
+             "remote mode: how long an ALLOW/DENY verdict is reused for the same four fields"),
+      SubNum("policy.breaker_failures", &Config::policy, &PolicyOptions::breaker_failures,
+             Kind::kCount, "remote mode: consecutive failures that open the circuit breaker"),
+      SubDur("policy.breaker_reset", &Config::policy, &PolicyOptions::breaker_reset,
+             "remote mode: how long the breaker stays open before one probe"),
+      SubDur("policy.remote_approval_timeout", &Config::policy,
+             &PolicyOptions::remote_approval_timeout,
+             "remote mode: how long an upstream REQUIRE_APPROVAL is held before it expires (deny)"),
+      SubDur("guardian.poll_interval", &Config::guardian, &GuardianOptions::poll_interval,
+             "with an upstream: how often decisions of upstream pending actions are polled"),
+      {"notifier.endpoints",
+       Kind::kList,
+       "webhook receivers: a list of {url, events (default all), secret_file | secret_env} "
+       "(docs/notifier.md); [] = no webhooks",
+       {},
+       [](Config& c) { return &c.notifier.endpoints; },
+       {},
+       {},
+       {}},
+      SubStr("notifier.retry_delays", &Config::notifier, &NotifierOptions::retry_delays,
+             "waits before each retry of a failed webhook, comma-separated; then it is dead"),
+      SubDur("notifier.timeout", &Config::notifier, &NotifierOptions::timeout,
+             "one webhook attempt, connection included"),
+      SubNum("notifier.queue_size", &Config::notifier, &NotifierOptions::queue_size, Kind::kCount,
+             "webhook signals waiting for the notifier's thread; beyond, dropped and counted"),
+      SubNum("notifier.max_in_flight", &Config::notifier, &NotifierOptions::max_in_flight,
+             Kind::kCount, "webhook deliveries sent at once"),
+      SubStr("notifier.inbound_secret_file", &Config::notifier,
+             &NotifierOptions::inbound_secret_file,
+             "secret of inbound upstream webhooks (x-kaplaix-signature), or "
+             "TOOLGATE_NOTIFIER_INBOUND_SECRET; unset = POST /v1/webhooks/kaplaix answers 404"),
   };
   return *options;
 }
@@ -188,8 +234,27 @@ std::string ShowValue(const Option& o, Config& cfg) {
       return *o.flag(cfg) ? "true" : "false";
     case Kind::kDuration:
       return std::to_string(o.dur(cfg)->count()) + "ms";
+    case Kind::kList:
+      return *o.str(cfg);
   }
   return "";
+}
+
+// A kList option from a YAML node: a list (or null, the empty list), kept as flow-style text.
+absl::Status SetList(const Option& o, const YAML::Node& node, Config* cfg) {
+  if (!node.IsSequence() && !node.IsNull()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", o.path, ": expected a list"));
+  }
+  if (node.IsNull() || node.size() == 0) {
+    *o.str(*cfg) = "[]";
+    return absl::OkStatus();
+  }
+  YAML::Emitter e;
+  e.SetMapFormat(YAML::Flow);
+  e.SetSeqFormat(YAML::Flow);
+  e << node;
+  *o.str(*cfg) = e.c_str();
+  return absl::OkStatus();
 }
 
 absl::Status ApplyNode(const YAML::Node& node, const std::string& prefix, Config* cfg) {
@@ -209,6 +274,10 @@ absl::Status ApplyNode(const YAML::Node& node, const std::string& prefix, Config
         return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", path, "'"));
       }
       if (absl::Status s = ApplyNode(kv.second, path, cfg); !s.ok()) return s;
+      continue;
+    }
+    if (const Option* o = Find(path); o != nullptr && o->kind == Kind::kList) {
+      if (absl::Status s = SetList(*o, kv.second, cfg); !s.ok()) return s;
       continue;
     }
     if (!kv.second.IsScalar() && !kv.second.IsNull()) {
@@ -258,6 +327,118 @@ bool ValidHostPort(const std::string& s) {
   const std::string port = s.substr(colon + 1);
   auto n = ParseCount(port);
   return n.ok() && *n <= 65535;
+}
+
+// notifier.*: the endpoint list parsed and its secrets read, the retry schedule parsed.
+absl::Status ValidateNotifier(NotifierOptions* n, const std::map<std::string, std::string>& env) {
+  auto bad = [](const std::string& key, const std::string& rule) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", key, ": ", rule));
+  };
+  static const char* const kEvents[] = {"agent_execution_started", "agent_execution_ended",
+                                        "agent_execution_failed", "agent_execution_handoff"};
+  n->endpoint_list.clear();
+  YAML::Node root;
+  try {
+    root = YAML::Load(n->endpoints);
+  } catch (const YAML::Exception& e) {
+    return bad("notifier.endpoints", "not valid YAML: " + e.msg);
+  }
+  if (!root.IsNull() && !root.IsSequence()) return bad("notifier.endpoints", "expected a list");
+  for (size_t i = 0; root.IsSequence() && i < root.size(); ++i) {
+    const std::string key = absl::StrCat("notifier.endpoints[", i, "]");
+    const YAML::Node node = root[i];
+    if (!node.IsMap()) {
+      return bad(key, "expected a mapping with url, events, secret_file or secret_env");
+    }
+    WebhookEndpoint ep;
+    try {
+      for (const auto& kv : node) {
+        const std::string k = kv.first.as<std::string>();
+        const YAML::Node& v = kv.second;
+        if (k == "events") {
+          if (v.IsScalar()) {
+            ep.events.push_back(v.as<std::string>());
+          } else if (v.IsSequence()) {
+            for (const auto& e : v) ep.events.push_back(e.as<std::string>());
+          } else {
+            return bad(key + ".events", "expected a list of event names");
+          }
+          continue;
+        }
+        if (!v.IsScalar()) return bad(key + "." + k, "expected a single value");
+        if (k == "url") {
+          ep.url = Trim(v.as<std::string>());
+        } else if (k == "secret_file") {
+          ep.secret_file = v.as<std::string>();
+        } else if (k == "secret_env") {
+          ep.secret_env = v.as<std::string>();
+        } else if (k == "secret") {
+          return bad(key + ".secret",
+                     "secrets are not accepted in the configuration; use secret_file or "
+                     "secret_env");
+        } else {
+          return bad(key, "unknown key '" + k + "' (url, events, secret_file, secret_env)");
+        }
+      }
+    } catch (const YAML::Exception& e) {
+      return bad(key, e.msg);
+    }
+    if (ep.url.rfind("http://", 0) != 0 && ep.url.rfind("https://", 0) != 0) {
+      return bad(key + ".url", "must start with http:// or https://, got '" + ep.url + "'");
+    }
+    for (const std::string& e : ep.events) {
+      if (std::find(std::begin(kEvents), std::end(kEvents), e) == std::end(kEvents)) {
+        return bad(key + ".events", "unknown event '" + e +
+                                        "' (agent_execution_started, agent_execution_ended, "
+                                        "agent_execution_failed, agent_execution_handoff)");
+      }
+    }
+    if (!ep.secret_file.empty()) {
+      auto secret = ReadSecretFile(key + ".secret_file", ep.secret_file);
+      if (!secret.ok()) return secret.status();
+      ep.secret = *secret;
+    } else if (!ep.secret_env.empty()) {
+      ep.secret = Get(env, ep.secret_env.c_str());
+      if (ep.secret.empty()) {
+        return bad(key + ".secret_env",
+                   "the environment variable " + ep.secret_env + " is unset or empty");
+      }
+    } else {
+      ep.secret = Get(env, "TOOLGATE_NOTIFIER_SECRET");
+      if (ep.secret.empty()) {
+        return bad(key,
+                   "a webhook needs a signing secret: secret_file, secret_env or "
+                   "TOOLGATE_NOTIFIER_SECRET");
+      }
+    }
+    n->endpoint_list.push_back(std::move(ep));
+  }
+  n->retry_schedule.clear();
+  std::stringstream delays(n->retry_delays);
+  for (std::string part; std::getline(delays, part, ',');) {
+    if (Trim(part).empty()) continue;
+    auto d = ParseDuration(part);
+    if (!d.ok() || d->count() <= 0) {
+      return bad("notifier.retry_delays",
+                 "expected positive durations separated by commas, such as 10s,40s,90s (got '" +
+                     n->retry_delays + "')");
+    }
+    n->retry_schedule.push_back(*d);
+  }
+  if (n->retry_schedule.size() > 20) return bad("notifier.retry_delays", "at most 20 retries");
+  if (n->timeout.count() <= 0) return bad("notifier.timeout", "must be > 0");
+  if (n->queue_size == 0) return bad("notifier.queue_size", "must be > 0");
+  if (n->max_in_flight == 0 || n->max_in_flight > 256) {
+    return bad("notifier.max_in_flight", "must be between 1 and 256");
+  }
+  if (!n->inbound_secret_file.empty()) {
+    auto secret = ReadSecretFile("notifier.inbound_secret_file", n->inbound_secret_file);
+    if (!secret.ok()) return secret.status();
+    n->inbound_secret = *secret;
+  } else {
+    n->inbound_secret = Get(env, "TOOLGATE_NOTIFIER_INBOUND_SECRET");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -351,6 +532,16 @@ absl::Status Set(const std::string& path, const std::string& value, Config* cfg)
       if (!d.ok()) return bad(std::string(d.status().message()));
       *o->dur(*cfg) = *d;
       break;
+    }
+    case Kind::kList: {
+      YAML::Node node;
+      try {
+        node = YAML::Load(value);
+        return SetList(*o, node, cfg);
+      } catch (const YAML::Exception& e) {
+        return bad("expected a YAML list such as [{url: https://..., secret_file: /path}]: " +
+                   e.msg);
+      }
     }
   }
   return absl::OkStatus();
@@ -474,6 +665,26 @@ absl::Status Validate(Config* cfg, const std::map<std::string, std::string>& env
   }
   if (!cfg->upstream.ca_file.empty() && ::access(cfg->upstream.ca_file.c_str(), R_OK) != 0) {
     return bad("upstream.ca_file", "cannot read '" + cfg->upstream.ca_file + "'");
+  }
+  if (absl::Status s = ValidateNotifier(&cfg->notifier, env); !s.ok()) return s;
+  if (cfg->policy.mode != "local") {
+    if (cfg->upstream.url.empty()) {
+      return bad("policy.mode", cfg->policy.mode + " needs an upstream (upstream.url)");
+    }
+    if (!cfg->policy.file.empty()) {
+      return bad("policy.file",
+                 "only with policy.mode local (the rules come from the upstream in " +
+                     cfg->policy.mode + " mode)");
+    }
+  }
+  if (cfg->policy.sync_interval.count() < 1000) {
+    return bad("policy.sync_interval", "must be at least 1s");
+  }
+  if (cfg->policy.remote_timeout.count() <= 0) return bad("policy.remote_timeout", "must be > 0");
+  if (cfg->policy.breaker_failures == 0) return bad("policy.breaker_failures", "must be > 0");
+  if (cfg->policy.breaker_reset.count() <= 0) return bad("policy.breaker_reset", "must be > 0");
+  if (cfg->policy.remote_approval_timeout.count() <= 0) {
+    return bad("policy.remote_approval_timeout", "must be > 0");
   }
   return absl::OkStatus();
 }
@@ -600,7 +811,10 @@ std::string Dump(const Config& cfg_in) {
   }
   out += "# upstream api key: " + std::string(cfg.upstream.api_key.empty() ? "unset" : "set") +
          "; hmac key: " + (cfg.hash.hmac_key.empty() ? "unset" : "set") +
-         "; admin key: " + (cfg.admin_key.empty() ? "unset" : "set") + "\n";
+         "; admin key: " + (cfg.admin_key.empty() ? "unset" : "set") +
+         "; webhook secrets: " + std::to_string(cfg.notifier.endpoint_list.size()) + " set" +
+         "; inbound webhook secret: " + (cfg.notifier.inbound_secret.empty() ? "unset" : "set") +
+         "\n";
   return out;
 }
 

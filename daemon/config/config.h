@@ -39,6 +39,10 @@ struct SpoolOptions {
   bool sync = true;                                   // fsync each commit (durable acks)
   uint64_t retention_max_bytes = 1ull << 30;          // standalone: oldest events evicted beyond
   Millis retention_max_age{30LL * 24 * 3600 * 1000};  // standalone: older events evicted
+  // Free disk space (the filesystem's, plus free pages inside the spool) below which appends
+  // get RESOURCE_EXHAUSTED: the rest is kept for the deletes of shipped events and for
+  // checkpoints, which a completely full disk would block. 0 = only SQLITE_FULL stops appends.
+  uint64_t min_free_disk = 64ull << 20;
 };
 
 struct BatchOptions {
@@ -64,9 +68,49 @@ struct UpstreamOptions {
 };
 
 struct PolicyOptions {
+  // local: rules from `file`; sync: rules from the upstream's GET /v1/policies, evaluated
+  // locally; remote: every Check asks the upstream's POST /v1/policies/check.
+  std::string mode = "local";
   std::string file;              // local policy (YAML/JSON); empty = no policy: Check allows
   Millis reload_interval{1000};  // how often the file is checked for changes; 0 = only SIGHUP
   bool record_checks = true;     // every Check becomes an `approval` audit event
+  Millis sync_interval{60000};   // sync mode: how often GET /v1/policies is asked
+  Millis remote_timeout{1000};   // remote mode: one POST /v1/policies/check at most
+  std::string failure_mode = "closed";     // remote mode, no verdict: open (allow) | closed (deny)
+  Millis remote_cache_ttl{5000};           // remote mode: ALLOW/DENY verdicts reused; 0 = off
+  uint64_t breaker_failures = 3;           // consecutive failures that open the breaker
+  Millis breaker_reset{10000};             // open this long before one probe (half-open)
+  Millis remote_approval_timeout{120000};  // remote REQUIRE_APPROVAL held this long, then deny
+};
+
+struct GuardianOptions {
+  // With an upstream: how often decisions of upstream-created pending actions are polled
+  // (GET /v1/guardian/pending-actions); 0 = never.
+  Millis poll_interval{3000};
+};
+
+// One receiver of agent execution webhooks (docs/notifier.md).
+struct WebhookEndpoint {
+  std::string url;                  // http:// or https://
+  std::vector<std::string> events;  // agent_execution_started|_ended|_failed|_handoff; empty = all
+  std::string secret_file;          // signing secret; else the variable named by secret_env,
+  std::string secret_env;           // else TOOLGATE_NOTIFIER_SECRET
+  std::string secret;               // never printed
+};
+
+struct NotifierOptions {
+  // Outbound webhooks: a YAML list of {url, events, secret_file | secret_env}; "[]" = off.
+  std::string endpoints = "[]";
+  std::vector<WebhookEndpoint> endpoint_list;  // `endpoints` parsed, secrets read (Validate)
+  std::string retry_delays = "10s,40s,90s";    // waits before each retry of a failed delivery
+  std::vector<Millis> retry_schedule{Millis(10000), Millis(40000), Millis(90000)};  // parsed
+  Millis timeout{5000};         // one delivery attempt, connection included
+  uint64_t queue_size = 10000;  // signals waiting for the notifier's thread; beyond, dropped
+  uint64_t max_in_flight = 8;   // deliveries sent at once
+  // Inbound upstream webhooks (POST /v1/webhooks/kaplaix, x-kaplaix-signature): the channel's
+  // secret, or TOOLGATE_NOTIFIER_INBOUND_SECRET; unset = that endpoint answers 404.
+  std::string inbound_secret_file;
+  std::string inbound_secret;  // never printed
 };
 
 struct Config {
@@ -85,6 +129,8 @@ struct Config {
   BatchOptions batch;
   UpstreamOptions upstream;
   PolicyOptions policy;
+  GuardianOptions guardian;
+  NotifierOptions notifier;
   std::string config_file;  // where the file came from, if any
 
   bool standalone() const { return upstream.url.empty(); }
