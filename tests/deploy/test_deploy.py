@@ -663,3 +663,41 @@ def test_example_config_is_accepted():
     r = subprocess.run([str(TOOLGATED), "--config", str(EXAMPLE_CONFIG), "--print-config"],
                        env=clean_env(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_example_config_names_every_option_and_uncommented_it_is_valid(tmp_path):
+    """/etc/toolgate/toolgate.yaml documents every option `toolgated --help` lists."""
+    need_binaries()
+    r = subprocess.run([str(TOOLGATED), "--help"], env=clean_env(), capture_output=True,
+                       text=True, timeout=30)
+    keys = re.findall(r"^  ([a-z_]+(?:\.[a-z_]+)?) = ", r.stdout + r.stderr, re.M)
+    assert len(keys) > 40, "the key list of --help changed shape"
+    text = EXAMPLE_CONFIG.read_text()
+    section = ""
+    documented = set()
+    for line in text.splitlines():
+        m = re.match(r"^#( *)([a-z_]+):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        if indent <= 1:
+            section = key
+            documented.add(key)
+        elif indent == 3:
+            documented.add(f"{section}.{key}")
+    missing = [k for k in keys if k not in documented]
+    assert not missing, f"deploy/toolgate.yaml lacks {missing}"
+    # Uncommented (secrets and files aside), the whole example is a valid configuration.
+    body = "\n".join(l[2:] if l.startswith("# ") or l == "#" else l
+                     for l in text.splitlines() if not l.startswith("# toolgate")
+                     and "Reference" not in l and "Environment" not in l and "Secrets" not in l)
+    skip = ("admin_key_file", "hmac_key_file", "api_key_file", "ca_file", "secret_file",
+            "inbound_secret_file", "file:", "socket:", "data_dir", "url:", "endpoints",
+            "- url", "events: [", "insecure_skip_verify", "hash:")
+    body = "\n".join(l for l in body.splitlines() if not any(s in l for s in skip))
+    cfg = tmp_path / "full.yaml"
+    cfg.write_text(body + "\n")
+    r = subprocess.run([str(TOOLGATED), "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
+                        "--print-config"], env=clean_env(), capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr + "\n" + body
