@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
@@ -58,9 +59,10 @@ void EncodeEvent(const std::string& body, std::string* out) {
   out->append(body);
 }
 
-// Splits a chunk into events; false when the blob is malformed.
-bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t count,
-                 std::vector<StoredEvent>* out) {
+// Calls each(index, bytes) for every event of a chunk, in order, without copying; false when
+// the blob is malformed.
+template <typename Each>
+bool ForEachEvent(const unsigned char* p, size_t size, uint32_t count, Each each) {
   size_t pos = 0;
   for (uint32_t i = 0; i < count; ++i) {
     if (pos + 4 > size) return false;
@@ -68,15 +70,23 @@ bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t cou
         p[pos] | (p[pos + 1] << 8) | (p[pos + 2] << 16) | (static_cast<uint32_t>(p[pos + 3]) << 24);
     pos += 4;
     if (pos + n > size) return false;
+    each(i, std::string_view(reinterpret_cast<const char*>(p + pos), n));
+    pos += n;
+  }
+  return pos == size;
+}
+
+// Splits a chunk into events; false when the blob is malformed.
+bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t count,
+                 std::vector<StoredEvent>* out) {
+  return ForEachEvent(p, size, count, [&](uint32_t i, std::string_view body) {
     StoredEvent ev;
     ev.seq = seq;
     ev.index = i;
     ev.chunk_events = count;
-    ev.body.assign(reinterpret_cast<const char*>(p + pos), n);
+    ev.body.assign(body);
     out->push_back(std::move(ev));
-    pos += n;
-  }
-  return pos == size;
+  });
 }
 
 // The eventId of a stored envelope, read from its text: JCS puts the top-level "eventId"
@@ -90,14 +100,13 @@ bool EventKey(std::string_view body, chain::RecentIds::Key* key) {
 
 // The keys of a chunk's events, in order (none for a malformed chunk).
 std::vector<chain::RecentIds::Key> ChunkKeys(const unsigned char* p, size_t n, uint32_t count) {
-  std::vector<StoredEvent> events;
   std::vector<chain::RecentIds::Key> keys;
-  if (!DecodeChunk(0, p, n, count, &events)) return keys;
-  keys.reserve(events.size());
+  keys.reserve(count);
   chain::RecentIds::Key key;
-  for (const StoredEvent& e : events) {
-    if (EventKey(e.body, &key)) keys.push_back(key);
-  }
+  const bool ok = ForEachEvent(p, n, count, [&](uint32_t, std::string_view body) {
+    if (EventKey(body, &key)) keys.push_back(key);
+  });
+  if (!ok) keys.clear();
   return keys;
 }
 
