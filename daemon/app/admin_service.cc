@@ -1,5 +1,7 @@
 #include "daemon/app/admin_service.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -63,18 +65,59 @@ grpc::ServerUnaryReactor* AdminService::Flush(grpc::CallbackServerContext* ctx,
   }
   flush_();
   const auto timeout = std::chrono::milliseconds(req->timeout_ms() ? req->timeout_ms() : 10000);
-  // Waiting is a rare operator action: a short-lived thread keeps gRPC's threads free.
-  std::thread([this, r, resp, timeout] {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (spool_->stats().queue_depth > 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    resp->set_queue_depth(spool_->stats().queue_depth);
-    resp->set_complete(resp->queue_depth() == 0);
-    r->Finish(grpc::Status::OK);
-  }).detach();
+  std::lock_guard<std::mutex> l(flush_mu_);
+  const PendingFlush f{r, resp, std::chrono::steady_clock::now() + timeout};
+  if (flushes_stopped_) {
+    AnswerFlushLocked(f);
+    return r;
+  }
+  // Waiting is a rare operator action: one thread of its own keeps gRPC's threads free.
+  flushes_.push_back(f);
+  if (!flush_thread_.joinable()) flush_thread_ = std::thread([this] { FlushWaitLoop(); });
+  flush_cv_.notify_one();
   return r;
 }
+
+void AdminService::AnswerFlushLocked(const PendingFlush& f) {
+  f.response->set_queue_depth(spool_->stats().queue_depth);
+  f.response->set_complete(f.response->queue_depth() == 0);
+  f.reactor->Finish(grpc::Status::OK);
+}
+
+void AdminService::FlushWaitLoop() {
+  pthread_setname_np(pthread_self(), "tg-admin-flush");
+  std::unique_lock<std::mutex> l(flush_mu_);
+  while (!flushes_stopped_) {
+    if (flushes_.empty()) {
+      flush_cv_.wait(l);
+      continue;
+    }
+    const bool drained = spool_->stats().queue_depth == 0;
+    const auto now = std::chrono::steady_clock::now();
+    auto done = [&](const PendingFlush& f) {
+      if (!drained && now < f.deadline) return false;
+      AnswerFlushLocked(f);
+      return true;
+    };
+    flushes_.erase(std::remove_if(flushes_.begin(), flushes_.end(), done), flushes_.end());
+    flush_cv_.wait_for(l, std::chrono::milliseconds(10));
+  }
+}
+
+void AdminService::StopFlushes() {
+  std::thread t;
+  {
+    std::lock_guard<std::mutex> l(flush_mu_);
+    flushes_stopped_ = true;
+    for (const PendingFlush& f : flushes_) AnswerFlushLocked(f);
+    flushes_.clear();
+    t = std::move(flush_thread_);
+  }
+  flush_cv_.notify_all();
+  if (t.joinable()) t.join();
+}
+
+AdminService::~AdminService() { StopFlushes(); }
 
 grpc::ServerUnaryReactor* AdminService::ListDeadLetters(grpc::CallbackServerContext* ctx,
                                                         const ListDeadLettersRequest* req,

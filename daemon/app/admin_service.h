@@ -10,9 +10,12 @@
 #ifndef TOOLGATE_DAEMON_APP_ADMIN_SERVICE_H_
 #define TOOLGATE_DAEMON_APP_ADMIN_SERVICE_H_
 
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "daemon/policy/policy_source.h"
@@ -66,8 +69,22 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   // Ends the open tails with UNAVAILABLE and refuses new ones: called at shutdown, before the
   // server waits for its calls to end (a tail never ends by itself).
   void StopTails();
+  // Answers the Flush calls still waiting (complete or not) and refuses to wait in new ones:
+  // called at shutdown, before the spool they watch is closed.
+  void StopFlushes();
+  ~AdminService() override;
 
  private:
+  struct PendingFlush {
+    grpc::ServerUnaryReactor* reactor;
+    toolgate::v1::FlushResponse* response;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  // The one thread that waits for the queue to drain for every waiting Flush (started with
+  // the first one), instead of a detached thread per call that could outlive the spool.
+  void FlushWaitLoop();
+  // Requires flush_mu_.
+  void AnswerFlushLocked(const PendingFlush& f);
   struct TailState;
   class TailReactor;
   void RemoveTail(const std::shared_ptr<TailState>& tail);
@@ -80,6 +97,12 @@ class AdminService final : public toolgate::v1::Admin::CallbackService {
   std::mutex tails_mu_;                            // taken before a TailState's mutex
   std::vector<std::shared_ptr<TailState>> tails_;  // guarded by tails_mu_
   bool tails_stopped_ = false;                     // guarded by tails_mu_
+
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+  std::vector<PendingFlush> flushes_;  // guarded by flush_mu_
+  bool flushes_stopped_ = false;       // guarded by flush_mu_
+  std::thread flush_thread_;           // started under flush_mu_
 };
 
 }  // namespace toolgate::app

@@ -746,7 +746,10 @@ void Daemon::Shutdown() {
     // Streams never end by themselves (tails, idle event streams, waits, watches): end them
     // first, or Shutdown would wait for its deadline. Event streams end once what they read
     // is acknowledged; waits and watches end at once (their state is durable).
-    if (d.admin) d.admin->StopTails();
+    if (d.admin) {
+      d.admin->StopTails();
+      d.admin->StopFlushes();
+    }
     if (d.events) d.events->StopStreams();
     if (d.policy_service) d.policy_service->EndWaits();
     if (d.guardian_service) d.guardian_service->StopWatches();

@@ -92,8 +92,11 @@ class Daemon:
     def status(self):
         return self.admin().Status(admin_pb2.StatusRequest(), timeout=10)
 
+    def cli_command(self):
+        return [TOOLGATE_CLI, "--address", "unix:" + str(self.socket)]
+
     def cli(self, *args, check=True):
-        r = subprocess.run([TOOLGATE_CLI, "--address", "unix:" + str(self.socket), *args],
+        r = subprocess.run([*self.cli_command(), *args],
                            capture_output=True, text=True, timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"toolgate {args} exited {r.returncode}: {r.stderr}")
