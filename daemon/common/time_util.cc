@@ -27,7 +27,7 @@ std::string FormatRfc3339(SystemTime t) {
   }
   // Called for every event without a timestamp: the date part is formatted once a second.
   thread_local std::time_t cached_secs = -1;
-  thread_local char cached[20];
+  thread_local char cached[72];  // 20 used; sized for any int, so that no warning fires
   if (secs != cached_secs) {
     std::tm tm{};
     gmtime_r(&secs, &tm);
