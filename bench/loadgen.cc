@@ -19,7 +19,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,8 +34,25 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using toolgate::v1::Event;
 
+// With TG_LOADGEN_CLIENT_IDS set, every event carries an eventId chosen by the client, as the
+// client libraries send them (so that a resend is recognised): the daemon then looks each one
+// up in its window of recent ids. Without it the daemon draws the ids.
+const bool kClientIds = std::getenv("TG_LOADGEN_CLIENT_IDS") != nullptr;
+
+std::string RandomUuid() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  const uint64_t a = rng(), b = rng();
+  char out[37];
+  std::snprintf(out, sizeof(out), "%08x-%04x-4%03x-%04x-%012llx", static_cast<unsigned>(a >> 32),
+                static_cast<unsigned>((a >> 16) & 0xffff), static_cast<unsigned>(a & 0xfff),
+                static_cast<unsigned>(0x8000 | (b >> 48 & 0x3fff)),
+                static_cast<unsigned long long>(b & 0xffffffffffffULL));
+  return out;
+}
+
 Event MakeEvent(int client, uint64_t i) {
   Event e;
+  if (kClientIds) e.set_event_id(RandomUuid());
   e.set_agent_id("bench-agent-" + std::to_string(client));
   e.set_session_id("bench-session-" + std::to_string(client) + "-" + std::to_string(i % 16));
   auto* t = e.mutable_tool_call();

@@ -102,6 +102,11 @@ TEST(RecentIds, RecognisesResendsWithinTheWindowAndForgetsTheOldest) {
   EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-70867728950", &key));
   EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5bxd9cb-469f-a165-70867728950e", &key));
   EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-70867728950g", &key));
+  EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-7086772895-e", &key));
+  EXPECT_FALSE(RecentIds::ParseUuid("0f8fad5b-d9cb-469f-a165-7086772895 e", &key));
+  ASSERT_TRUE(RecentIds::ParseUuid("FFFFFFFF-FFFF-FFFF-ffff-ffffffffffff", &key));
+  EXPECT_EQ(key.first, ~0ULL);
+  EXPECT_EQ(key.second, ~0ULL);
   ASSERT_TRUE(RecentIds::ParseUuid(a, &key));
   EXPECT_EQ(key.first, 0x0f8fad5bd9cb469fULL);
   EXPECT_EQ(key.second, 0xa16570867728950eULL);

@@ -3,30 +3,39 @@
 namespace toolgate::chain {
 namespace {
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+// Hex digit values, -1 for anything else.
+struct HexTable {
+  int8_t v[256];
+  constexpr HexTable() : v() {
+    for (int i = 0; i < 256; ++i) v[i] = -1;
+    for (int i = 0; i < 10; ++i) v['0' + i] = static_cast<int8_t>(i);
+    for (int i = 0; i < 6; ++i) {
+      v['a' + i] = static_cast<int8_t>(10 + i);
+      v['A' + i] = static_cast<int8_t>(10 + i);
+    }
+  }
+};
+constexpr HexTable kHex;
 
 }  // namespace
 
-bool RecentIds::ParseUuid(std::string_view text, std::pair<uint64_t, uint64_t>* out) {
-  if (text.size() != 36) return false;
-  uint64_t parts[2] = {0, 0};
-  int nibbles = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (text[i] != '-') return false;
-      continue;
-    }
-    const int v = HexValue(text[i]);
-    if (v < 0) return false;
-    uint64_t& p = parts[nibbles / 16];
-    p = (p << 4) | static_cast<uint64_t>(v);
-    ++nibbles;
+bool RecentIds::ParseUuid(std::string_view text, Key* out) {
+  if (text.size() != 36 || text[8] != '-' || text[13] != '-' || text[18] != '-' ||
+      text[23] != '-') {
+    return false;
   }
+  // The 32 hex digits, skipping the dashes; any invalid digit makes `bad` negative.
+  static constexpr uint8_t kAt[32] = {0,  1,  2,  3,  4,  5,  6,  7,  9,  10, 11,
+                                      12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25,
+                                      26, 27, 28, 29, 30, 31, 32, 33, 34, 35};
+  uint64_t parts[2] = {0, 0};
+  int bad = 0;
+  for (int i = 0; i < 32; ++i) {
+    const int v = kHex.v[static_cast<unsigned char>(text[kAt[i]])];
+    bad |= v;
+    parts[i >> 4] = (parts[i >> 4] << 4) | static_cast<uint64_t>(v & 0xf);
+  }
+  if (bad < 0) return false;
   *out = {parts[0], parts[1]};
   return true;
 }
@@ -44,14 +53,22 @@ RecentIds::Key RecentIds::ReadKey(const unsigned char* p) {
   return key;
 }
 
-bool RecentIds::SeenOrRemember(std::string_view id) {
-  Key key;
-  if (!ParseUuid(id, &key)) return false;
-  return SeenOrRemember(key);
+bool RecentIds::SeenOrRemember(std::string_view id, Key* key) {
+  Key k;
+  if (key == nullptr) key = &k;
+  if (capacity_ == 0 || !ParseUuid(id, key)) {
+    *key = {0, 0};
+    return false;
+  }
+  return SeenOrRemember(*key);
 }
 
 bool RecentIds::SeenOrRemember(const Key& key) {
-  if (ring_.empty()) return false;
+  if (capacity_ == 0) return false;
+  if (ring_.empty()) {
+    ring_.resize(capacity_);
+    set_.reserve(capacity_);
+  }
   if (set_.contains(key)) return true;
   const bool full = used_ == ring_.size();
   if (logging_) undo_.push_back({next_, ring_[next_], full});

@@ -28,9 +28,9 @@ namespace toolgate::chain {
 
 class RecentIds {
  public:
-  explicit RecentIds(size_t capacity = kDefaultCapacity) : ring_(capacity) {
-    set_.reserve(capacity);
-  }
+  // Nothing is allocated before the first id is remembered (a daemon whose clients never
+  // choose ids pays no memory for this).
+  explicit RecentIds(size_t capacity = kDefaultCapacity) : capacity_(capacity) {}
 
   // 65,536 ids: more than a client's window of unacknowledged events (64 batches of 1,000 by
   // default), for ~2.5 MiB.
@@ -40,12 +40,13 @@ class RecentIds {
 
   // True when `id` is among the remembered ones; else remembers it (forgetting the oldest when
   // full) and returns false.
-  bool SeenOrRemember(std::string_view id);
+  // `key` (optional) gets the id's 128 bits, or {0, 0} when it is not a UUID.
+  bool SeenOrRemember(std::string_view id, Key* key = nullptr);
   bool SeenOrRemember(const Key& key);
   // Remembers `id` (at start-up, from the events still in the spool).
   void Remember(std::string_view id) { SeenOrRemember(id); }
   size_t size() const { return set_.size(); }
-  size_t capacity() const { return ring_.size(); }
+  size_t capacity() const { return capacity_; }
 
   // Starts logging changes; Commit() keeps them, Rollback() undoes them.
   void Begin() {
@@ -65,7 +66,8 @@ class RecentIds {
   static Key ReadKey(const unsigned char* p);
 
  private:
-  std::vector<Key> ring_;  // insertion order, for eviction
+  size_t capacity_;
+  std::vector<Key> ring_;  // insertion order, for eviction; capacity_ slots once used
   size_t next_ = 0;
   size_t used_ = 0;
   absl::flat_hash_set<Key> set_;

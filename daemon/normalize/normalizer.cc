@@ -295,7 +295,8 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
 
   if (payload_text.empty()) payload_text = payload.Build();
 
-  out->event_id = in.event_id().empty() ? NewUuid() : in.event_id();
+  out->id_from_client = !in.event_id().empty();
+  out->event_id = out->id_from_client ? in.event_id() : NewUuid();
   out->agent_id = in.agent_id();
   out->session_id = in.session_id();
 

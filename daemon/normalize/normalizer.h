@@ -26,6 +26,9 @@ struct NormalizerOptions {
 // so the chain stage only concatenates.
 struct NormalizedEvent {
   std::string event_id;
+  // The agent chose the eventId (else the daemon drew it). Only such an event can come again
+  // (a resend after a lost acknowledgement): the spool looks only these up (RecentIds).
+  bool id_from_client = false;
   std::string agent_id;
   std::string session_id;
   // The canonical envelope without previousHash, and where it goes: JCS orders keys, and

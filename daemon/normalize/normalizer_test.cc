@@ -44,6 +44,7 @@ TEST_F(NormalizerTest, ToolCallIsHashedCanonicallyAndArgumentsDropped) {
   EXPECT_EQ(env["agentId"], "agent-1");
   EXPECT_EQ(env["sessionId"], "s-1");
   EXPECT_EQ(env["eventId"].get<std::string>().size(), 36u);
+  EXPECT_FALSE(n.id_from_client);  // drawn here: no client can resend it
   EXPECT_EQ(env["sourceTimestamp"], "2023-11-14T22:13:20.000000Z");
   EXPECT_EQ(n.envelope.find("secret-value-123"), std::string::npos);
   // The envelope as built is already canonical.
@@ -67,6 +68,7 @@ TEST_F(NormalizerTest, KeepsGivenIdsTimestampsAndAttribution) {
   ASSERT_TRUE(normalizer_.Normalize(e, "e", &n).ok());
   const auto env = Envelope(n);
   EXPECT_EQ(env["eventId"], "7f1c7a52-2f0e-4a55-9d59-8a3b7e1f0c11");
+  EXPECT_TRUE(n.id_from_client);
   EXPECT_EQ(env["sourceTimestamp"], "2026-01-02T03:04:05+02:00");
   EXPECT_EQ(env["traceId"], "t-1");
   EXPECT_EQ(env["initiatorType"], "human");

@@ -89,27 +89,6 @@ bool DecodeChunk(uint64_t seq, const unsigned char* p, size_t size, uint32_t cou
   });
 }
 
-// The eventId of a stored envelope, read from its text: JCS puts the top-level "eventId"
-// before any key whose object could hold another one. False when there is none (not a UUID).
-bool EventKey(std::string_view body, chain::RecentIds::Key* key) {
-  static constexpr std::string_view kKey = "\"eventId\":\"";
-  const size_t at = body.find(kKey);
-  return at != std::string_view::npos &&
-         chain::RecentIds::ParseUuid(body.substr(at + kKey.size(), 36), key);
-}
-
-// The keys of a chunk's events, in order (none for a malformed chunk).
-std::vector<chain::RecentIds::Key> ChunkKeys(const unsigned char* p, size_t n, uint32_t count) {
-  std::vector<chain::RecentIds::Key> keys;
-  keys.reserve(count);
-  chain::RecentIds::Key key;
-  const bool ok = ForEachEvent(p, n, count, [&](uint32_t, std::string_view body) {
-    if (EventKey(body, &key)) keys.push_back(key);
-  });
-  if (!ok) keys.clear();
-  return keys;
-}
-
 std::string IdList(const std::vector<uint64_t>& ids) {
   std::string out;
   for (uint64_t id : ids) absl::StrAppend(&out, out.empty() ? "" : ",", id);
@@ -305,10 +284,10 @@ absl::Status Spool::Init() {
                        " session_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL,"
                        " last_hash TEXT NOT NULL, events INTEGER NOT NULL,"
                        " updated_ms INTEGER NOT NULL) WITHOUT ROWID"),
-           // The eventIds (16 bytes each) of the chunks shipped last, newest RecentIds window
-           // of them, so that a resend after a crash is recognised even once shipped.
-           std::string("CREATE TABLE IF NOT EXISTS shipped_ids("
-                       " seq INTEGER PRIMARY KEY, ids BLOB NOT NULL)"),
+           // The ids that RecentIds remembers, 16 bytes each, one row per commit, trimmed to
+           // its window: the window survives a restart, shipped events included.
+           std::string("CREATE TABLE IF NOT EXISTS recent_ids("
+                       " seq INTEGER PRIMARY KEY AUTOINCREMENT, ids BLOB NOT NULL)"),
            std::string("CREATE TABLE IF NOT EXISTS dead_letters("
                        " id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER,"
                        " event_id TEXT NOT NULL, session_id TEXT NOT NULL,"
@@ -355,36 +334,13 @@ absl::Status Spool::Init() {
 }
 
 void Spool::LoadRecentIds() {
-  // Shipped chunks' ids and the newest stored chunks' ids, by chunk seq; remembered oldest
-  // first, so that the newest are the last forgotten.
-  const size_t cap = recent_.capacity();
-  std::vector<std::pair<uint64_t, std::vector<chain::RecentIds::Key>>> chunks;
-  size_t total = 0;
-  {
-    Stmt s(db_, "SELECT seq, ids FROM shipped_ids");
-    while (sqlite3_step(s.get()) == SQLITE_ROW) {
-      const auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s.get(), 1));
-      const size_t n = static_cast<size_t>(sqlite3_column_bytes(s.get(), 1)) / 16;
-      std::vector<chain::RecentIds::Key> keys;
-      for (size_t i = 0; i < n; ++i) keys.push_back(chain::RecentIds::ReadKey(p + 16 * i));
-      shipped_ids_ += n;
-      chunks.emplace_back(static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0)), std::move(keys));
-    }
-  }
-  {
-    Stmt s(db_, "SELECT seq, body, count FROM chunks ORDER BY seq DESC");
-    while (total < cap && sqlite3_step(s.get()) == SQLITE_ROW) {
-      auto keys = ChunkKeys(static_cast<const unsigned char*>(sqlite3_column_blob(s.get(), 1)),
-                            static_cast<size_t>(sqlite3_column_bytes(s.get(), 1)),
-                            static_cast<uint32_t>(sqlite3_column_int64(s.get(), 2)));
-      total += keys.size();
-      chunks.emplace_back(static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0)), std::move(keys));
-    }
-  }
-  std::sort(chunks.begin(), chunks.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (const auto& [seq, keys] : chunks) {
-    for (const auto& key : keys) recent_.SeenOrRemember(key);
+  // Oldest first, so that the newest are the last forgotten.
+  Stmt s(db_, "SELECT ids FROM recent_ids ORDER BY seq");
+  while (sqlite3_step(s.get()) == SQLITE_ROW) {
+    const auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s.get(), 0));
+    const size_t n = static_cast<size_t>(sqlite3_column_bytes(s.get(), 0)) / 16;
+    for (size_t i = 0; i < n; ++i) recent_.SeenOrRemember(chain::RecentIds::ReadKey(p + 16 * i));
+    persisted_ids_ += n;
   }
 }
 
@@ -568,47 +524,38 @@ absl::Status Spool::Done(const EventRef& ref) {
   uint32_t& done = done_[ref.seq];
   if (++done < ref.chunk_events) return absl::OkStatus();
   done_.erase(ref.seq);
-  Stmt del(db_, "DELETE FROM chunks WHERE seq = ?1 RETURNING length(body), body");
+  Stmt del(db_, "DELETE FROM chunks WHERE seq = ?1 RETURNING length(body)");
   sqlite3_bind_int64(del.get(), 1, static_cast<int64_t>(ref.seq));
   const int rc = sqlite3_step(del.get());
   if (rc == SQLITE_ROW) {
     const uint64_t len = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 0));
     stored_bytes_ -= len;
     if (!options_.standalone) queue_bytes_ -= len;
-    // The chunk's ids outlive it, for recognising a resend after a crash (LoadRecentIds).
-    const auto keys =
-        ChunkKeys(static_cast<const unsigned char*>(sqlite3_column_blob(del.get(), 1)),
-                  static_cast<size_t>(sqlite3_column_bytes(del.get(), 1)), ref.chunk_events);
     sqlite3_step(del.get());
-    if (absl::Status s = KeepShippedIds(ref.seq, keys); !s.ok()) return s;
   } else if (rc != SQLITE_DONE) {
     return SqlError(db_, "delete chunk");
   }
   return absl::OkStatus();
 }
 
-absl::Status Spool::KeepShippedIds(uint64_t seq, const std::vector<chain::RecentIds::Key>& keys) {
+absl::Status Spool::PersistRecentIds(const std::string& keys) {
   if (keys.empty()) return absl::OkStatus();
-  std::string blob;
-  blob.reserve(16 * keys.size());
-  for (const auto& key : keys) chain::RecentIds::AppendKey(key, &blob);
-  Stmt ins(db_, "INSERT OR REPLACE INTO shipped_ids(seq, ids) VALUES (?1, ?2)");
-  sqlite3_bind_int64(ins.get(), 1, static_cast<int64_t>(seq));
-  sqlite3_bind_blob(ins.get(), 2, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
-  if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "keep shipped ids");
-  shipped_ids_ += keys.size();
-  // Only the newest window is worth keeping: older ids are forgotten in memory too.
-  while (shipped_ids_ > recent_.capacity()) {
+  Stmt ins(db_, "INSERT INTO recent_ids(ids) VALUES (?1)");
+  sqlite3_bind_blob(ins.get(), 1, keys.data(), static_cast<int>(keys.size()), SQLITE_STATIC);
+  if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recent ids");
+  persisted_ids_ += keys.size() / 16;
+  // Only the window is worth keeping: older ids are forgotten in memory too.
+  while (persisted_ids_ > recent_.capacity()) {
     Stmt old(db_,
-             "DELETE FROM shipped_ids WHERE seq = (SELECT min(seq) FROM shipped_ids) "
+             "DELETE FROM recent_ids WHERE seq = (SELECT min(seq) FROM recent_ids) "
              "RETURNING length(ids)");
     const int rc = sqlite3_step(old.get());
     if (rc != SQLITE_ROW) {
-      if (rc != SQLITE_DONE) return SqlError(db_, "trim shipped ids");
-      shipped_ids_ = 0;
+      if (rc != SQLITE_DONE) return SqlError(db_, "trim recent ids");
+      persisted_ids_ = 0;
       break;
     }
-    shipped_ids_ -= static_cast<uint64_t>(sqlite3_column_int64(old.get(), 0)) / 16;
+    persisted_ids_ -= static_cast<uint64_t>(sqlite3_column_int64(old.get(), 0)) / 16;
     sqlite3_step(old.get());
   }
   return absl::OkStatus();
@@ -666,6 +613,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
   };
 
   std::string blob, chunk;
+  std::string recent_keys;  // ids remembered by this commit, to persist with it
   uint32_t chunk_events = 0;
   for (Op& op : ops) {
     switch (op.kind) {
@@ -685,9 +633,13 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
         for (const auto& ev : op.events) {
           // A resend of an event stored recently (its acknowledgement was lost) is durable
           // already: acknowledged again, not stored twice with a different previousHash.
-          if (recent_.SeenOrRemember(ev.event_id)) {
-            ++deduplicated_;
-            continue;
+          if (ev.id_from_client) {
+            chain::RecentIds::Key key;
+            if (recent_.SeenOrRemember(ev.event_id, &key)) {
+              ++deduplicated_;
+              continue;
+            }
+            if (key.first != 0 || key.second != 0) chain::RecentIds::AppendKey(key, &recent_keys);
           }
           ++linked;
           // Length prefix, then the linked envelope written in place.
@@ -758,6 +710,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
     if (absl::Status s = insert_chunk(chunk_events, chunk); !s.ok()) return s;
     tag_tapped();
   }
+  if (absl::Status s = PersistRecentIds(recent_keys); !s.ok()) return s;
   for (auto& [session, h] : heads) {
     h.hash = *chainer_.Head(session);
     bind_text(head.get(), 1, session);
@@ -896,7 +849,7 @@ absl::Status Spool::Commit(std::vector<Op>& ops) {
   // Counters change as rows are written; keep copies to undo a rollback. (Chain heads are
   // reloaded from the store instead: rollbacks are rare, commits are not.)
   const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_,  queue_bytes_,
-                            dead_letters_,  evicted_,      deduplicated_, shipped_ids_};
+                            dead_letters_,  evicted_,      deduplicated_, persisted_ids_};
   const auto saved_done = done_;
   recent_.Begin();
   absl::Status status = Exec("BEGIN IMMEDIATE");
@@ -924,7 +877,7 @@ absl::Status Spool::Commit(std::vector<Op>& ops) {
     dead_letters_ = saved[4];
     evicted_ = saved[5];
     deduplicated_ = saved[6];
-    shipped_ids_ = saved[7];
+    persisted_ids_ = saved[7];
     LoadHeads();
     recent_.Rollback();
     done_ = saved_done;

@@ -10,8 +10,8 @@
 // commit order and its head is stored in the same transaction. That thread also recognises a
 // resend (same eventId as one of the last 65,536 stored, chain/recent_ids.h): a client that lost
 // an acknowledgement sends again, and the copy is acknowledged without being stored twice. The
-// window survives a restart: it is rebuilt from the stored chunks and from the ids of the
-// chunks shipped last (table shipped_ids, written with each chunk's delete).
+// window survives a restart: the ids are stored with the commit that remembers them (table
+// recent_ids). Only ids the agent chose are looked up: an id the daemon drew cannot be resent.
 //
 // Bounded by bytes: in upstream mode an append that would take unshipped bytes past
 // spool.max_bytes fails with RESOURCE_EXHAUSTED (the client retries; nothing is dropped).
@@ -195,7 +195,7 @@ class Spool {
   absl::Status Init();
   // (Re)loads the chain heads from the store: at start-up and after a rolled-back commit.
   void LoadHeads();
-  // Remembers the eventIds of the newest stored events (up to RecentIds' window), at start-up.
+  // Remembers the ids of table recent_ids (RecentIds' window), at start-up.
   void LoadRecentIds();
   void Enqueue(Op op, bool lazy = false);
   void WriterLoop();
@@ -211,8 +211,8 @@ class Spool {
   absl::Status Evict();
   // One more event of chunk `ref` is done; deletes the chunk when all are.
   absl::Status Done(const EventRef& ref);
-  // Stores the ids of deleted chunk `seq`, keeping only the newest RecentIds window of them.
-  absl::Status KeepShippedIds(uint64_t seq, const std::vector<chain::RecentIds::Key>& keys);
+  // Stores the ids a commit remembered (16 bytes each), keeping only RecentIds' window.
+  absl::Status PersistRecentIds(const std::string& keys);
 
   const SpoolOptions options_;
   Clock* const clock_;
@@ -245,7 +245,7 @@ class Spool {
   std::string failure_;                 // writer thread; copied under mu_ into failure_copy_
   std::string failure_copy_;            // guarded by mu_
   int64_t last_age_eviction_ms_ = 0;    // writer thread only
-  uint64_t shipped_ids_ = 0;            // ids in the shipped_ids table; writer thread only
+  uint64_t persisted_ids_ = 0;          // ids in the recent_ids table; writer thread only
   uint64_t corrupt_moved_ = 0;          // set in Open, before the writer starts
 
   std::thread writer_;

@@ -20,6 +20,7 @@ normalize::NormalizedEvent Ev(const std::string& session, int i, size_t pad = 0)
   e.session_id = session;
   e.agent_id = "agent";
   e.event_id = NewUuid();
+  e.id_from_client = true;  // as a client library sends them: resends are recognised
   e.SetParts(R"({"agentId":"agent","category":"x-test","eventId":")" + e.event_id +
                  R"(","payload":{"i":)" + std::to_string(i) + R"(,"pad":")" +
                  std::string(pad, 'p') + R"("})",
@@ -160,6 +161,16 @@ TEST_F(SpoolTest, ResentEventsAreAcknowledgedButStoredOnceAndTheChainStaysWhole)
   ASSERT_EQ(rows.size(), 4u);
   EXPECT_NE(rows[3].body.find("\"previousHash\":\"" + Sha256Hex(rows[2].body) + "\""),
             std::string::npos);
+}
+
+TEST_F(SpoolTest, IdsTheDaemonDrewAreNotLookedUp) {
+  auto s = Open(false);
+  normalize::NormalizedEvent e = Ev("a", 1);
+  e.id_from_client = false;  // no client knows this id before its acknowledgement
+  ASSERT_TRUE(AppendSync(s.get(), {e}).ok());
+  ASSERT_TRUE(AppendSync(s.get(), {e}).ok());
+  EXPECT_EQ(s->stats().deduplicated, 0u);
+  EXPECT_EQ(ReadAll(s.get()).size(), 2u);
 }
 
 TEST_F(SpoolTest, EventsOfARefusedCommitAreNotTakenForResendsWhenRetried) {
