@@ -73,3 +73,20 @@ def test_help_and_version():
     assert r.returncode == 0 and "--upstream-url" in r.stdout and "upstream.max_in_flight" in r.stdout
     r = run(["--version"])
     assert r.returncode == 0 and r.stdout.startswith("toolgated ")
+
+
+def test_secure_defaults_loopback_only_and_a_0660_socket(make_daemon, tmp_path):
+    """Without configuration, gRPC and HTTP listen on loopback only, and the Unix socket is
+    0660 (the daemon's user and group)."""
+    import stat
+    r = run(["--print-config"])
+    assert r.returncode == 0, r.stderr
+    lines = dict(l.split(": ", 1) for l in r.stdout.splitlines() if l and not l.startswith(" ")
+                 and ": " in l)
+    assert lines["listen"] == '"127.0.0.1:7470"'
+    assert lines["http_listen"] == '"127.0.0.1:7471"'
+    assert lines["socket_mode"] == '"0660"'
+    d = make_daemon().start()
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o660
+    assert d.grpc_address.startswith("127.0.0.1:")
+    assert d.http_address.startswith("http://127.0.0.1:")
