@@ -279,7 +279,9 @@ class Shipper::Loop {
       if (up_.ingest_format == "single") {
         if (ready_.empty()) {
           // Single events go out at once; the batch only sizes the read from the spool.
-          if (absl::Status s = batcher_->Next(true, &batch, wake); !s.ok()) {
+          absl::Status s = batcher_->Next(true, &batch, wake);
+          SetAsideDamaged();
+          if (!s.ok()) {
             LogError("shipper: reading the spool failed", {{"error", std::string(s.message())}});
             return;
           }
@@ -291,7 +293,9 @@ class Shipper::Loop {
         ready_.pop_front();
         StartRequest(Make(std::move(one)));
       } else {
-        if (absl::Status s = batcher_->Next(flush, &batch, wake); !s.ok()) {
+        absl::Status s = batcher_->Next(flush, &batch, wake);
+        SetAsideDamaged();
+        if (!s.ok()) {
           LogError("shipper: reading the spool failed", {{"error", std::string(s.message())}});
           return;
         }
@@ -300,6 +304,18 @@ class Shipper::Loop {
         batch.clear();
       }
     }
+  }
+
+  // Chunks the reader could not split are set aside (kept in damaged_chunks), loudly, so
+  // that what follows them still ships.
+  void SetAsideDamaged() {
+    std::vector<spool::DamagedChunk> damaged = reader_->TakeDamaged();
+    if (damaged.empty()) return;
+    for (const auto& d : damaged) {
+      LogError("shipper: a stored chunk is damaged and cannot be read; set aside, not shipped",
+               {{"chunk", d.seq}, {"events", d.events}, {"kept_in", "damaged_chunks"}});
+    }
+    spool_->SetAside(std::move(damaged));
   }
 
   void Collect() {

@@ -98,7 +98,7 @@ std::string IdList(const std::vector<uint64_t>& ids) {
 }  // namespace
 
 struct Spool::Op {
-  enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge };
+  enum Kind { kAppend, kAck, kDeadLetter, kRetry, kPurge, kSetAside };
   explicit Op(Kind k) : kind(k) {}
   Kind kind;
   bool lazy = false;
@@ -108,6 +108,7 @@ struct Spool::Op {
   std::vector<EventRef> refs;
   std::vector<uint64_t> seqs;
   std::vector<DeadLetterInfo> letters;
+  std::vector<DamagedChunk> damaged;
   std::function<void(uint64_t)> count_done;
   uint64_t count = 0;
 };
@@ -138,9 +139,11 @@ absl::Status Reader::ReadAfter(uint64_t after, size_t max_events, size_t max_byt
     const uint32_t count = static_cast<uint32_t>(sqlite3_column_int64(read_after_, 1));
     const auto* blob = static_cast<const unsigned char*>(sqlite3_column_blob(read_after_, 2));
     const size_t size = static_cast<size_t>(sqlite3_column_bytes(read_after_, 2));
+    const size_t before = out->size();
     if (!DecodeChunk(seq, blob, size, count, out)) {
-      sqlite3_reset(read_after_);
-      return absl::DataLossError(absl::StrCat("spool: chunk ", seq, " is malformed"));
+      out->resize(before);
+      if (damaged_.empty() || damaged_.back().seq != seq) damaged_.push_back({seq, count});
+      continue;
     }
     bytes += size;
     events += count;
@@ -288,6 +291,9 @@ absl::Status Spool::Init() {
            // its window: the window survives a restart, shipped events included.
            std::string("CREATE TABLE IF NOT EXISTS recent_ids("
                        " seq INTEGER PRIMARY KEY AUTOINCREMENT, ids BLOB NOT NULL)"),
+           std::string("CREATE TABLE IF NOT EXISTS damaged_chunks("
+                       " seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, body BLOB NOT NULL,"
+                       " created_ms INTEGER NOT NULL, set_aside_ms INTEGER NOT NULL)"),
            std::string("CREATE TABLE IF NOT EXISTS dead_letters("
                        " id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER,"
                        " event_id TEXT NOT NULL, session_id TEXT NOT NULL,"
@@ -438,6 +444,13 @@ void Spool::DeadLetter(std::vector<DeadLetterInfo> letters) {
   Enqueue(std::move(op));
 }
 
+void Spool::SetAside(std::vector<DamagedChunk> chunks) {
+  if (chunks.empty()) return;
+  Op op(Op::kSetAside);
+  op.damaged = std::move(chunks);
+  Enqueue(std::move(op));
+}
+
 void Spool::RetryDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done) {
   Op op(Op::kRetry);
   op.seqs = std::move(ids);
@@ -464,6 +477,7 @@ Stats Spool::stats() const {
   s.evicted = evicted_.load();
   s.rejected_full = rejected_full_.load();
   s.deduplicated = deduplicated_.load();
+  s.damaged_events = damaged_events_.load();
   s.corrupt_moved = corrupt_moved_;
   s.disk_full = disk_full_.load();
   s.failed = failed_.load();
@@ -534,6 +548,37 @@ absl::Status Spool::Done(const EventRef& ref) {
     sqlite3_step(del.get());
   } else if (rc != SQLITE_DONE) {
     return SqlError(db_, "delete chunk");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Spool::SetAsideOne(const DamagedChunk& d, int64_t now) {
+  Stmt keep(db_,
+            "INSERT OR IGNORE INTO damaged_chunks(seq, count, body, created_ms, set_aside_ms) "
+            "SELECT seq, count, body, created_ms, ?2 FROM chunks WHERE seq = ?1");
+  sqlite3_bind_int64(keep.get(), 1, static_cast<int64_t>(d.seq));
+  sqlite3_bind_int64(keep.get(), 2, now);
+  if (sqlite3_step(keep.get()) != SQLITE_DONE) return SqlError(db_, "set aside");
+  Stmt del(db_, "DELETE FROM chunks WHERE seq = ?1 RETURNING length(body), count");
+  sqlite3_bind_int64(del.get(), 1, static_cast<int64_t>(d.seq));
+  const int rc = sqlite3_step(del.get());
+  if (rc == SQLITE_ROW) {  // else set aside already (the reader saw it twice)
+    const uint64_t len = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 0));
+    uint64_t events = static_cast<uint64_t>(sqlite3_column_int64(del.get(), 1));
+    if (auto it = done_.find(d.seq); it != done_.end()) {
+      events -= std::min<uint64_t>(events, it->second);
+      done_.erase(it);
+    }
+    sqlite3_step(del.get());
+    stored_bytes_ -= len;
+    stored_events_ -= events;
+    if (!options_.standalone) {
+      queue_bytes_ -= len;
+      queue_depth_ -= events;
+    }
+    damaged_events_ += events;
+  } else if (rc != SQLITE_DONE) {
+    return SqlError(db_, "set aside");
   }
   return absl::OkStatus();
 }
@@ -681,6 +726,11 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
           if (absl::Status s = step_done(dead.get(), "dead letter"); !s.ok()) return s;
           ++dead_letters_;
           if (absl::Status s = Done(d.ref); !s.ok()) return s;
+        }
+        break;
+      case Op::kSetAside:
+        for (const DamagedChunk& d : op.damaged) {
+          if (absl::Status st = SetAsideOne(d, now); !st.ok()) return st;
         }
         break;
       case Op::kRetry:
@@ -848,8 +898,9 @@ bool Spool::DiskHasRoom(uint64_t* available) {
 absl::Status Spool::Commit(std::vector<Op>& ops) {
   // Counters change as rows are written; keep copies to undo a rollback. (Chain heads are
   // reloaded from the store instead: rollbacks are rare, commits are not.)
-  const uint64_t saved[] = {stored_events_, stored_bytes_, queue_depth_,  queue_bytes_,
-                            dead_letters_,  evicted_,      deduplicated_, persisted_ids_};
+  const uint64_t saved[] = {stored_events_, stored_bytes_,  queue_depth_,
+                            queue_bytes_,   dead_letters_,  evicted_,
+                            deduplicated_,  persisted_ids_, damaged_events_};
   const auto saved_done = done_;
   recent_.Begin();
   absl::Status status = Exec("BEGIN IMMEDIATE");
@@ -878,6 +929,7 @@ absl::Status Spool::Commit(std::vector<Op>& ops) {
     evicted_ = saved[5];
     deduplicated_ = saved[6];
     persisted_ids_ = saved[7];
+    damaged_events_ = saved[8];
     LoadHeads();
     recent_.Rollback();
     done_ = saved_done;

@@ -117,19 +117,30 @@ struct Stats {
   uint64_t appended = 0;
   uint64_t evicted = 0;
   uint64_t rejected_full = 0;
-  uint64_t deduplicated = 0;   // resent events recognised by eventId and not stored again
-  uint64_t corrupt_moved = 0;  // 1 when an unreadable file was moved aside at open (recovery.h)
-  bool disk_full = false;      // the last commit with appends failed for a full disk
+  uint64_t deduplicated = 0;    // resent events recognised by eventId and not stored again
+  uint64_t damaged_events = 0;  // events of damaged chunks set aside (unreadable, not shipped)
+  uint64_t corrupt_moved = 0;   // 1 when an unreadable file was moved aside at open (recovery.h)
+  bool disk_full = false;       // the last commit with appends failed for a full disk
   bool failed = false;
+};
+
+// A stored chunk that cannot be split into its events (damaged on disk).
+struct DamagedChunk {
+  uint64_t seq = 0;
+  uint32_t events = 0;  // as its row says
 };
 
 // A read-only connection, for one thread at a time (the shipper's, or one admin call's).
 class Reader {
  public:
   ~Reader();
-  // Events with seq > after, in order, at most max_events / about max_bytes.
+  // Events with seq > after, in order, at most max_events / about max_bytes. A damaged chunk
+  // is skipped (none of its events can be read) and listed for TakeDamaged: one bad row must
+  // not stop everything behind it.
   absl::Status ReadAfter(uint64_t after, size_t max_events, size_t max_bytes,
                          std::vector<StoredEvent>* out);
+  // The damaged chunks ReadAfter skipped since the last call (for Spool::SetAside).
+  std::vector<DamagedChunk> TakeDamaged() { return std::move(damaged_); }
   absl::Status ReadSession(const std::string& session_id,
                            const std::function<bool(const StoredEvent&)>& each);
   absl::Status ListDeadLetters(uint64_t after_id, size_t limit, std::vector<DeadLetterRow>* out);
@@ -141,6 +152,7 @@ class Reader {
   explicit Reader(sqlite3* db) : db_(db) {}
   sqlite3* db_;
   sqlite3_stmt* read_after_ = nullptr;
+  std::vector<DamagedChunk> damaged_;
 };
 
 class Spool {
@@ -166,6 +178,10 @@ class Spool {
   // From the shipper: delivered events leave the queue; refused ones become dead letters.
   void Ack(std::vector<EventRef> refs);
   void DeadLetter(std::vector<DeadLetterInfo> letters);
+
+  // Moves damaged chunks out of the queue into table damaged_chunks (kept as they are, for
+  // forensics), so that shipping goes on; their events count in Stats::damaged_events.
+  void SetAside(std::vector<DamagedChunk> chunks);
 
   // Admin mutations; `done` gets the number of rows affected.
   void RetryDeadLetters(std::vector<uint64_t> ids, std::function<void(uint64_t)> done);
@@ -211,6 +227,8 @@ class Spool {
   absl::Status Evict();
   // One more event of chunk `ref` is done; deletes the chunk when all are.
   absl::Status Done(const EventRef& ref);
+  // Moves one damaged chunk to damaged_chunks and out of the counters.
+  absl::Status SetAsideOne(const DamagedChunk& d, int64_t now);
   // Stores the ids a commit remembered (16 bytes each), keeping only RecentIds' window.
   absl::Status PersistRecentIds(const std::string& keys);
 
@@ -240,6 +258,7 @@ class Spool {
   std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};
   std::atomic<uint64_t> dead_letters_{0}, commits_{0}, appended_{0}, evicted_{0};
   std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0}, deduplicated_{0};
+  std::atomic<uint64_t> damaged_events_{0};
   std::atomic<bool> failed_{false};
   std::atomic<bool> disk_full_{false};  // written by the writer thread
   std::string failure_;                 // writer thread; copied under mu_ into failure_copy_

@@ -163,6 +163,51 @@ TEST_F(SpoolTest, ResentEventsAreAcknowledgedButStoredOnceAndTheChainStaysWhole)
             std::string::npos);
 }
 
+TEST_F(SpoolTest, ADamagedChunkIsSkippedAndSetAsideSoThatTheRestShips) {
+  auto s = Open(false);
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 2), Ev("a", 3)}).ok());
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 4)}).ok());
+  const auto rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 4u);
+  const uint64_t bad = rows[1].seq;
+  {  // a length prefix damaged on disk
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "spool.db").string().c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    const std::string sql =
+        "UPDATE chunks SET body = x'ffffff7f00' WHERE seq = " + std::to_string(bad);
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto r = s->NewReader();
+  std::vector<StoredEvent> out;
+  ASSERT_TRUE((*r)->ReadAfter(0, 100, 1 << 20, &out).ok());
+  ASSERT_EQ(out.size(), 2u);  // the chunks before and after it
+  EXPECT_EQ(out[0].seq, rows[0].seq);
+  EXPECT_EQ(out[1].seq, rows[3].seq);
+  auto damaged = (*r)->TakeDamaged();
+  ASSERT_EQ(damaged.size(), 1u);
+  EXPECT_EQ(damaged[0].seq, bad);
+  EXPECT_EQ(damaged[0].events, 2u);
+  EXPECT_TRUE((*r)->TakeDamaged().empty());
+  s->SetAside(damaged);
+  s->SetAside(damaged);                                 // reported twice: set aside once
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("b", 1)}).ok());  // a commit after them
+  EXPECT_EQ(s->stats().damaged_events, 2u);
+  EXPECT_EQ(s->stats().queue_depth, 3u);
+  EXPECT_EQ(ReadAll(s.get()).size(), 3u);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "spool.db").string().c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "SELECT seq, count FROM damaged_chunks", -1, &st, nullptr);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(static_cast<uint64_t>(sqlite3_column_int64(st, 0)), bad);
+  EXPECT_EQ(sqlite3_column_int64(st, 1), 2);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
 TEST_F(SpoolTest, IdsTheDaemonDrewAreNotLookedUp) {
   auto s = Open(false);
   normalize::NormalizedEvent e = Ev("a", 1);

@@ -326,3 +326,34 @@ def test_unreadable_guardian_db_at_start_up_is_moved_aside(make_daemon):
     assert metric(d, "toolgate_guardian_corrupt_moved_total") == 1
     assert list(d.data_dir.glob("guardian.db.corrupt-*"))
     assert d.cli("pending").returncode == 0
+
+
+def test_a_damaged_chunk_is_set_aside_and_the_rest_is_delivered(make_daemon, upstream):
+    d = make_daemon(upstream=upstream, args=FAST + ["--set", "upstream.ingest_format=array",
+                                                    "--set", "shutdown_timeout=1s"])
+    d.start()
+    upstream.fail_for(3600, status=503)  # everything stays in the spool meanwhile
+    ids = []
+    for _ in range(3):  # three requests, three chunks
+        r = d.events().Record(events_pb2.RecordRequest(events=[tool_event() for _ in range(4)]),
+                              timeout=10)
+        ids.append(list(r.event_ids))
+    assert d.stop() == 0
+    db = sqlite3.connect(str(d.data_dir / "spool.db"), timeout=10)
+    seqs = [row[0] for row in db.execute("SELECT seq FROM chunks ORDER BY seq")]
+    assert len(seqs) == 3
+    with db:  # the middle chunk's bytes damaged on disk while the daemon was down
+        db.execute("UPDATE chunks SET body = x'ffffff7f00' WHERE seq = ?", (seqs[1],))
+    d.start()
+    upstream.clear_faults()
+    wait_until(lambda: d.status().queue_depth == 0, timeout=30, what="the queue drained")
+    assert set(upstream.event_ids()) == set(ids[0] + ids[2])
+    assert metric(d, "toolgate_spool_damaged_events_total") == 4
+    assert "a stored chunk is damaged" in d.logs()
+    kept = db.execute("SELECT seq, count FROM damaged_chunks").fetchall()
+    assert kept == [(seqs[1], 4)]
+    db.close()
+    # Events keep flowing after it.
+    r = d.events().Record(events_pb2.RecordRequest(events=[tool_event()]), timeout=10)
+    assert upstream.wait_for_events(9, timeout=20)
+    assert r.event_ids[0] in upstream.event_ids()
