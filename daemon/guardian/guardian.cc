@@ -31,6 +31,8 @@ absl::Status SqlError(sqlite3* db, const char* what) {
   return absl::UnavailableError(absl::StrCat("guardian: ", what, ": ", sqlite3_errmsg(db)));
 }
 
+}  // namespace
+
 const char* StatusWord(PendingStatus s) {
   switch (s) {
     case toolgate::v1::APPROVED:
@@ -43,8 +45,6 @@ const char* StatusWord(PendingStatus s) {
       return "pending";
   }
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Guardian>> Guardian::Open(const std::string& path, Clock* clock,
                                                          AuditSink audit) {

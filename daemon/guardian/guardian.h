@@ -34,6 +34,9 @@ namespace toolgate::guardian {
 // The stored form is the public one: toolgate.v1.PendingAction (its action has no arguments).
 using PendingAction = toolgate::v1::PendingAction;
 
+// "pending", "approved", "rejected" or "expired", as logs and the HTTP API spell them.
+const char* StatusWord(toolgate::v1::PendingStatus s);
+
 class Guardian {
  public:
   using Waiter = std::function<void(const PendingAction&)>;

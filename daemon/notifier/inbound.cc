@@ -23,19 +23,6 @@ std::string Str(const json& o, const char* key) {
   return o.contains(key) && o[key].is_string() ? o[key].get<std::string>() : std::string();
 }
 
-const char* Word(toolgate::v1::PendingStatus s) {
-  switch (s) {
-    case toolgate::v1::APPROVED:
-      return "approved";
-    case toolgate::v1::REJECTED:
-      return "rejected";
-    case toolgate::v1::EXPIRED:
-      return "expired";
-    default:
-      return "pending";
-  }
-}
-
 }  // namespace
 
 InboundWebhooks::InboundWebhooks(std::string secret, Clock* clock, guardian::Guardian* guardian)
@@ -118,7 +105,7 @@ InboundResponse InboundWebhooks::ApplyDecision(const std::string& id, bool appro
       if (now.ok() && now->status() == want) {
         return Result(200, {{"status", "already_decided"},
                             {"pendingActionId", now->id()},
-                            {"decision", Word(now->status())}});
+                            {"decision", guardian::StatusWord(now->status())}});
       }
       return Error(409, "CONFLICT", std::string(decided.status().message()));
     }
@@ -127,10 +114,12 @@ InboundResponse InboundWebhooks::ApplyDecision(const std::string& id, bool appro
   }
   ++decisions_;
   LogInfo("inbound webhook decision applied",
-          {{"id", decided->id()}, {"decision", Word(decided->status())}, {"approver", approver}});
+          {{"id", decided->id()},
+           {"decision", guardian::StatusWord(decided->status())},
+           {"approver", approver}});
   return Result(200, {{"status", "applied"},
                       {"pendingActionId", decided->id()},
-                      {"decision", Word(decided->status())}});
+                      {"decision", guardian::StatusWord(decided->status())}});
 }
 
 }  // namespace toolgate::notifier
