@@ -201,54 +201,79 @@ grpc::ServerUnaryReactor* AdminService::ListSessions(grpc::CallbackServerContext
 
 namespace {
 
-// Writes a list loaded up front, one message at a time.
-class ListWriter final : public grpc::ServerWriteReactor<StoredEvent> {
+// Streams one session's events a page of the spool at a time (Reader::ReadSessionPage), so
+// that an export holds one page in memory however long the session. gRPC never runs two of a
+// reactor's callbacks at once, but it runs them on different threads: mu_ also makes that
+// hand-over visible to ThreadSanitizer (gRPC's own locks are not instrumented), which would
+// otherwise report every event freed in OnDone.
+class ExportWriter final : public grpc::ServerWriteReactor<StoredEvent> {
  public:
-  ListWriter(std::vector<StoredEvent> items, grpc::Status final_status)
-      : items_(std::move(items)), status_(std::move(final_status)) {
+  // A call refused at once: `refused` is its status.
+  explicit ExportWriter(grpc::Status refused) { Finish(std::move(refused)); }
+  ExportWriter(std::unique_ptr<spool::Reader> reader, std::string session_id)
+      : reader_(std::move(reader)), session_id_(std::move(session_id)) {
+    std::lock_guard<std::mutex> l(mu_);
     Next();
   }
   void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> l(mu_);
     if (!ok) {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
       return;
     }
     Next();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      page_.clear();
+      reader_.reset();
+    }
+    delete this;
+  }
 
  private:
+  // Requires mu_.
   void Next() {
-    if (next_ < items_.size()) {
-      StartWrite(&items_[next_++]);
-    } else {
-      Finish(status_);
+    while (next_ == page_.size()) {
+      if (end_) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      page_.clear();
+      next_ = 0;
+      if (absl::Status s = reader_->ReadSessionPage(session_id_, &after_, &page_, &end_); !s.ok()) {
+        Finish(Unavailable(s));
+        return;
+      }
     }
+    current_.set_seq(page_[next_].seq);
+    current_.set_event_json(std::move(page_[next_].body));
+    ++next_;
+    StartWrite(&current_);
   }
-  std::vector<StoredEvent> items_;
+
+  std::mutex mu_;
+  std::unique_ptr<spool::Reader> reader_;  // guarded by mu_, as is everything below
+  const std::string session_id_;
+  uint64_t after_ = 0;
+  bool end_ = false;
+  std::vector<spool::StoredEvent> page_;
   size_t next_ = 0;
-  grpc::Status status_;
+  StoredEvent current_;  // the message being written
 };
 
 }  // namespace
 
 grpc::ServerWriteReactor<StoredEvent>* AdminService::ExportSession(
     grpc::CallbackServerContext* ctx, const ExportSessionRequest* req) {
-  std::vector<StoredEvent> items;
   if (req->session_id().empty()) {
-    return new ListWriter({},
-                          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session_id: required"));
+    return new ExportWriter(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session_id: required"));
   }
   auto reader = spool_->NewReader();
-  if (!reader.ok()) return new ListWriter({}, Unavailable(reader.status()));
-  absl::Status s = (*reader)->ReadSession(req->session_id(), [&](const spool::StoredEvent& e) {
-    StoredEvent out;
-    out.set_seq(e.seq);
-    out.set_event_json(e.body);
-    items.push_back(std::move(out));
-    return true;
-  });
-  return new ListWriter(std::move(items), s.ok() ? grpc::Status::OK : Unavailable(s));
+  if (!reader.ok()) return new ExportWriter(Unavailable(reader.status()));
+  return new ExportWriter(std::move(*reader), req->session_id());
 }
 
 // One Tail call. The spool's tap reaches it through tails_, not through the reactor: a tap

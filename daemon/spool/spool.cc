@@ -154,22 +154,23 @@ absl::Status Reader::ReadAfter(uint64_t after, size_t max_events, size_t max_byt
   return absl::OkStatus();
 }
 
-absl::Status Reader::ReadSession(const std::string& session_id,
-                                 const std::function<bool(const StoredEvent&)>& each) {
+absl::Status Reader::ReadSessionPage(const std::string& session_id, uint64_t* after,
+                                     std::vector<StoredEvent>* out, bool* end) {
   // Rare (an operator's export): every chunk is read and every event parsed.
-  uint64_t after = 0;
-  for (;;) {
-    std::vector<StoredEvent> events;
-    if (absl::Status s = ReadAfter(after, 10000, 16 << 20, &events); !s.ok()) return s;
-    if (events.empty()) return absl::OkStatus();
-    after = events.back().seq;
-    for (const StoredEvent& ev : events) {
-      auto j = nlohmann::json::parse(ev.body, nullptr, false);
-      if (j.is_object() && j.value("sessionId", "") == session_id && !each(ev)) {
-        return absl::OkStatus();
-      }
-    }
+  std::vector<StoredEvent> events;
+  if (absl::Status s = ReadAfter(*after, kSessionPageEvents, 16 << 20, &events); !s.ok()) {
+    return s;
   }
+  uint64_t last = events.empty() ? *after : events.back().seq;
+  // A page may end on damaged chunks (skipped): the next one starts after them.
+  for (const DamagedChunk& d : TakeDamaged()) last = std::max(last, d.seq);
+  *end = last == *after;
+  *after = last;
+  for (StoredEvent& ev : events) {
+    auto j = nlohmann::json::parse(ev.body, nullptr, false);
+    if (j.is_object() && j.value("sessionId", "") == session_id) out->push_back(std::move(ev));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Reader::ListDeadLetters(uint64_t after_id, size_t limit,

@@ -141,8 +141,11 @@ class Reader {
                          std::vector<StoredEvent>* out);
   // The damaged chunks ReadAfter skipped since the last call (for Spool::SetAside).
   std::vector<DamagedChunk> TakeDamaged() { return std::move(damaged_); }
-  absl::Status ReadSession(const std::string& session_id,
-                           const std::function<bool(const StoredEvent&)>& each);
+  // One page of a session's events: those among the next kSessionPageEvents stored after
+  // *after, in order. Advances *after past the page; *end once nothing is left to read.
+  absl::Status ReadSessionPage(const std::string& session_id, uint64_t* after,
+                               std::vector<StoredEvent>* out, bool* end);
+  static constexpr size_t kSessionPageEvents = 4096;
   absl::Status ListDeadLetters(uint64_t after_id, size_t limit, std::vector<DeadLetterRow>* out);
   absl::Status ListSessions(const std::string& agent_id, size_t limit,
                             std::vector<SessionRow>* out);
