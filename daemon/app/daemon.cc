@@ -31,6 +31,7 @@
 #include "daemon/app/admin_service.h"
 #include "daemon/common/clock.h"
 #include "daemon/common/crypto.h"
+#include "daemon/common/dir_lock.h"
 #include "daemon/common/http_client.h"
 #include "daemon/common/log.h"
 #include "daemon/guardian/guardian.h"
@@ -115,6 +116,7 @@ std::string SafeUrl(const std::string& url) {
 
 struct Daemon::Impl {
   config::Config cfg;
+  std::unique_ptr<DirLock> data_dir_lock;  // declared before the rest: released after them
   Clock* clock = Clock::Real();
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::unique_ptr<normalize::Normalizer> normalizer;
@@ -506,6 +508,9 @@ absl::Status Daemon::Start() {
         absl::StrCat("data_dir: cannot create '", cfg.data_dir, "': ", ec.message()));
   }
   ::chmod(cfg.data_dir.c_str(), 0750);
+  auto lock = DirLock::Acquire(cfg.data_dir);
+  if (!lock.ok()) return lock.status();
+  d.data_dir_lock = std::move(*lock);
 
   d.policies = std::make_unique<policy::PolicySource>(cfg.policy);
   if (absl::Status s = d.policies->Load(); !s.ok()) return s;

@@ -1,8 +1,13 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "daemon/common/crypto.h"
+#include "daemon/common/dir_lock.h"
 #include "daemon/common/time_util.h"
 
 namespace toolgate {
@@ -33,6 +38,33 @@ TEST(Crypto, UuidsAreV4AndDistinct) {
     EXPECT_TRUE(u[19] == '8' || u[19] == '9' || u[19] == 'a' || u[19] == 'b');
     EXPECT_TRUE(seen.insert(u).second);
   }
+}
+
+TEST(DirLock, OneHolderAtATimeNamedByPid) {
+  char tmpl[] = "/tmp/toolgate-dirlock-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    auto first = DirLock::Acquire(dir);
+    ASSERT_TRUE(first.ok()) << first.status();
+    // flock conflicts between two open file descriptions, even in one process.
+    auto second = DirLock::Acquire(dir);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(second.status().message().find(absl::StrCat("(pid ", getpid(), ")")),
+              std::string::npos)
+        << second.status();
+    EXPECT_NE(second.status().message().find(dir), std::string::npos);
+  }
+  // Released with its holder; a lock file left behind does not block the next one.
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(dir) / DirLock::kFileName));
+  EXPECT_TRUE(DirLock::Acquire(dir).ok());
+  // A directory that cannot hold the lock file is an error naming the path.
+  auto missing = DirLock::Acquire(dir + "/no/such/dir");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(missing.status().message().find("toolgated.lock"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Time, FormatIsRfc3339Utc) {

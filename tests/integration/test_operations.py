@@ -2,6 +2,7 @@
 import json
 
 import grpc
+import pytest
 
 from conftest import tool_event, wait_until
 from toolgate.v1 import events_pb2
@@ -84,6 +85,24 @@ def test_sessions_and_usage_errors(make_daemon):
     assert "alpha" in d.cli("sessions").stdout
     assert d.cli("frobnicate", check=False).returncode == 2
     assert d.cli("export", check=False).returncode == 2
+
+
+def test_a_second_daemon_on_the_same_data_directory_refuses_to_start(make_daemon):
+    # Two daemons on one directory would fork every session's chain and ship events twice.
+    first = make_daemon(name="first").start()
+    second = make_daemon(name="second")
+    second.data_dir = first.data_dir
+    with pytest.raises(RuntimeError):
+        second.start(timeout=60)
+    assert second.proc.wait(timeout=30) == 1
+    assert (f"is in use by another toolgated (pid {first.proc.pid})"
+            in second.logs()), second.logs()
+    assert not second.socket.exists()  # refused before listening
+    # The first one goes on serving; once it has stopped, the directory is free again.
+    assert first.status().stored_events == 0
+    first.stop()
+    second.start()
+    assert second.status().stored_events == 0
 
 
 def test_cli_reports_an_unreachable_daemon(tmp_path):
