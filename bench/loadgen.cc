@@ -6,10 +6,12 @@
 //       Prints one JSON line: {"acked": N, "seconds": S, "errors": E}.
 //   tg_loadgen unary ADDRESS REQUESTS
 //       REQUESTS sequential Record calls of one event each; prints ack latency percentiles.
-//   tg_loadgen check ADDRESS RATE SECONDS THREADS check|health
-//       Policy.Check (or the standard gRPC health Check, the floor that gRPC itself sets) at a
-//       fixed RATE per second for SECONDS, spread over THREADS connections; each call is sent at
-//       its scheduled time (or at once when late) and timed from its send. Prints percentiles.
+//   tg_loadgen check ADDRESS RATE SECONDS THREADS
+//       Policy.Check and the standard gRPC health Check (the floor that gRPC itself sets), each
+//       at a fixed RATE per second for SECONDS, in alternating one-second slices, spread over
+//       THREADS connections; each call is sent at its scheduled time (or at once when late) and
+//       timed from its send. Prints one JSON line: percentiles of each, {"check": {...},
+//       "health": {...}}.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/byte_buffer.h>
@@ -151,18 +153,45 @@ int Unary(const std::string& address, int requests) {
   return 0;
 }
 
-int Check(const std::string& address, int rate, int seconds, int threads, bool health) {
-  std::vector<std::vector<double>> lat(threads);
-  std::atomic<uint64_t> errors{0}, late{0};
+// Latencies of one kind of call, over all threads.
+struct Series {
+  std::mutex mu;
+  std::vector<double> us;
+  uint64_t errors = 0;
+};
+
+void PrintSeries(const char* name, Series* s, uint64_t late, bool last) {
+  std::sort(s->us.begin(), s->us.end());
+  const auto& v = s->us;
+  auto pct = [&](double p) {
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, size_t(p * v.size()))];
+  };
+  std::printf(
+      "\"%s\": {\"calls\": %zu, \"errors\": %llu, \"late\": %llu, \"p50_us\": %.0f, "
+      "\"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}%s",
+      name, v.size(), static_cast<unsigned long long>(s->errors),
+      static_cast<unsigned long long>(late), pct(0.5), pct(0.99), pct(0.999),
+      v.empty() ? 0.0 : v.back(), last ? "" : ", ");
+}
+
+// Policy.Check and the health Check, in alternating one-second slices at the same rate, so
+// that both see the same machine (a busy neighbour, a frequency step, a page-cache flush): the
+// ratio of the two is the cost of the policy, not of the moment. Both calls are made the same
+// way — started and completed on the calling thread's own completion queue, as a blocking
+// stub does — so that the floor is gRPC's, not a difference between client code paths.
+int Check(const std::string& address, int rate, int seconds, int threads) {
+  Series series[2];  // 0: check, 1: health
+  std::atomic<uint64_t> late[2] = {0, 0};
   const auto interval = std::chrono::nanoseconds(1'000'000'000LL * threads / rate);
   const auto start = Clock::now() + std::chrono::milliseconds(200);
-  const auto end = start + std::chrono::seconds(seconds);
+  const auto end = start + std::chrono::seconds(2 * seconds);
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
       auto channel = Channel(address, 2000 + t);
       auto stub = toolgate::v1::Policy::NewStub(channel);
       grpc::GenericStub generic(channel);
+      grpc::CompletionQueue cq;
       toolgate::v1::CheckRequest req;
       auto* a = req.mutable_action();
       a->set_agent_id("bench-agent");
@@ -170,65 +199,68 @@ int Check(const std::string& address, int rate, int seconds, int threads, bool h
       a->set_tool_type("api");
       a->set_operation("write");
       a->set_target_system("prod-billing");
+      std::vector<double> lat[2];
+      uint64_t errors[2] = {0, 0};
       uint64_t i = 0;
       auto next = start + interval * t / threads;
-      lat[t].reserve(static_cast<size_t>(rate / threads * seconds + 16));
       while (next < end) {
         std::this_thread::sleep_until(next);
-        if (Clock::now() - next > interval) ++late;
+        // Even seconds from the start: Check; odd: health.
+        const int kind = static_cast<int>(
+            std::chrono::duration_cast<std::chrono::seconds>(next - start).count() % 2);
+        if (Clock::now() - next > interval) ++late[kind];
         a->set_tool_name("tool_" + std::to_string(i % 1200));
         a->set_arguments_json(R"({"amount":)" + std::to_string(i % 2000) +
                               R"(,"command":"ls -la /tmp","to":"ops@example.com"})");
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        const auto t0 = Clock::now();
         grpc::Status s;
-        if (health) {
+        toolgate::v1::CheckResponse resp;
+        grpc::ByteBuffer response;
+        const auto t0 = Clock::now();
+        if (kind == 0) {
+          auto call = stub->PrepareAsyncCheck(&ctx, req, &cq);
+          call->StartCall();
+          call->Finish(&resp, &s, &cq);
+        } else {
           grpc::Slice empty(std::string{});  // HealthCheckRequest{} serializes to no bytes
-          grpc::ByteBuffer request(&empty, 1), response;
-          std::mutex mu;
-          std::condition_variable cv;
-          bool done = false;
-          generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                            &response, [&](grpc::Status st) {
-                              std::lock_guard<std::mutex> l(mu);
-                              s = st;
-                              done = true;
-                              cv.notify_one();
-                            });
-          std::unique_lock<std::mutex> l(mu);
-          cv.wait(l, [&] { return done; });
-        } else {
-          toolgate::v1::CheckResponse resp;
-          s = stub->Check(&ctx, req, &resp);
+          grpc::ByteBuffer request(&empty, 1);
+          auto call = generic.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+          call->StartCall();
+          call->Finish(&response, &s, &cq);
         }
+        void* tag;
+        bool ok;
+        if (!cq.Next(&tag, &ok) || !ok) s = grpc::Status(grpc::StatusCode::INTERNAL, "cq");
         const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-        if (!s.ok()) {
-          ++errors;
+        if (s.ok()) {
+          lat[kind].push_back(us);
         } else {
-          lat[t].push_back(us);
+          ++errors[kind];
         }
         ++i;
         next += interval;
       }
+      cq.Shutdown();
+      void* tag;
+      bool ok;
+      while (cq.Next(&tag, &ok)) {
+      }
+      for (int k = 0; k < 2; ++k) {
+        std::lock_guard<std::mutex> l(series[k].mu);
+        series[k].us.insert(series[k].us.end(), lat[k].begin(), lat[k].end());
+        series[k].errors += errors[k];
+      }
     });
   }
   for (auto& t : ts) t.join();
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  std::sort(all.begin(), all.end());
-  if (all.empty()) {
-    std::printf("{\"calls\": 0, \"errors\": %llu}\n",
-                static_cast<unsigned long long>(errors.load()));
-    return 1;
-  }
-  auto pct = [&](double p) { return all[std::min(all.size() - 1, size_t(p * all.size()))]; };
-  std::printf(
-      "{\"calls\": %zu, \"errors\": %llu, \"late\": %llu, \"p50_us\": %.0f, "
-      "\"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
-      all.size(), static_cast<unsigned long long>(errors.load()),
-      static_cast<unsigned long long>(late.load()), pct(0.5), pct(0.99), pct(0.999), all.back());
-  return errors.load() == 0 ? 0 : 1;
+  std::printf("{");
+  PrintSeries("check", &series[0], late[0], false);
+  PrintSeries("health", &series[1], late[1], true);
+  std::printf("}\n");
+  const bool ok =
+      series[0].errors + series[1].errors == 0 && !series[0].us.empty() && !series[1].us.empty();
+  return ok ? 0 : 1;
 }
 
 }  // namespace
@@ -240,13 +272,12 @@ int main(int argc, char** argv) {
                   std::stoi(argv[6]));
   }
   if (mode == "unary" && argc == 4) return Unary(argv[2], std::stoi(argv[3]));
-  if (mode == "check" && argc == 7) {
-    return Check(argv[2], std::stoi(argv[3]), std::stoi(argv[4]), std::stoi(argv[5]),
-                 std::string(argv[6]) == "health");
+  if (mode == "check" && argc == 6) {
+    return Check(argv[2], std::stoi(argv[3]), std::stoi(argv[4]), std::stoi(argv[5]));
   }
   std::fprintf(stderr,
                "usage: tg_loadgen stream ADDRESS CLIENTS EVENTS_PER_CLIENT BATCH WINDOW\n"
                "       tg_loadgen unary ADDRESS REQUESTS\n"
-               "       tg_loadgen check ADDRESS RATE SECONDS THREADS check|health\n");
+               "       tg_loadgen check ADDRESS RATE SECONDS THREADS\n");
   return 2;
 }
