@@ -224,11 +224,7 @@ class ExportWriter final : public grpc::ServerWriteReactor<StoredEvent> {
     Next();
   }
   void OnDone() override {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      page_.clear();
-      reader_.reset();
-    }
+    { std::lock_guard<std::mutex> l(mu_); }  // orders the deletion after the last callback
     delete this;
   }
 
