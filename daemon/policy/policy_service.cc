@@ -195,25 +195,43 @@ void PolicyService::Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1
     reactor->Finish(grpc::Status::OK);
     return;
   }
-  // The event id is known before the answer; the event is built and appended after it, from
-  // copies (gRPC may free the request and response once Finish is called).
+  // The record takes its place in the session's chain before the answer leaves, so an event
+  // the agent sends once it has the answer is chained after it; the spool's writer builds it
+  // later, off this thread, from copies (gRPC may free the request and response at Finish).
   response->set_event_id(NewUuid());
-  const CheckResponse answer = *response;
-  toolgate::v1::Action action;
-  action.set_agent_id(a.agent_id());
-  action.set_session_id(a.session_id());
-  action.set_tool_name(a.tool_name());
-  action.set_tool_type(a.tool_type());
-  action.set_operation(a.operation());
-  action.set_target_system(a.target_system());
-  action.set_initiator_type(a.initiator_type());
-  action.set_initiator_id(a.initiator_id());
+  Pending record;
+  record.answer = *response;
+  record.hash = hash;
+  auto& c = record.action;
+  c.set_agent_id(a.agent_id());
+  c.set_session_id(a.session_id());
+  c.set_tool_name(a.tool_name());
+  c.set_tool_type(a.tool_type());
+  c.set_operation(a.operation());
+  c.set_target_system(a.target_system());
+  c.set_initiator_type(a.initiator_type());
+  c.set_initiator_id(a.initiator_id());
+  const uint64_t estimate = kRecordBytes + c.ByteSizeLong() + record.answer.ByteSizeLong();
+  const std::string decision_id = record.answer.decision_id();
+  spool_->AppendDeferred(
+      [this, record = std::move(record)](std::vector<normalize::NormalizedEvent>* out) {
+        out->resize(1);
+        return BuildRecord(record, &(*out)[0]);
+      },
+      estimate,
+      [this, decision_id](const absl::Status& st) {
+        if (!st.ok()) {
+          audit_failures_.fetch_add(1);
+          LogWarn("check not recorded in the audit chain",
+                  {{"decision_id", decision_id}, {"error", std::string(st.message())}});
+        }
+      });
   reactor->Finish(grpc::Status::OK);
-  Record(action, answer, hash);
 }
 
-void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r,
-                           const std::string& arguments_hash) {
+absl::Status PolicyService::BuildRecord(const Pending& p, normalize::NormalizedEvent* out) const {
+  const toolgate::v1::Action& a = p.action;
+  const CheckResponse& r = p.answer;
   toolgate::v1::Event ev;
   ev.set_event_id(r.event_id());
   ev.set_agent_id(a.agent_id());
@@ -232,7 +250,7 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
                                                         : "require_approval"},
       {"reason", r.reason()},
       {"decisionId", r.decision_id()},
-      {"argumentsHash", arguments_hash},
+      {"argumentsHash", p.hash},
   };
   if (!r.rule_id().empty()) payload["ruleId"] = r.rule_id();
   if (!r.policy_revision().empty()) payload["policyRevision"] = r.policy_revision();
@@ -242,23 +260,7 @@ void PolicyService::Record(const toolgate::v1::Action& a, const CheckResponse& r
   if (r.shadow()) payload["shadowDecision"] = toolgate::v1::Decision_Name(r.shadow_decision());
   ev.mutable_generic()->set_category("approval");
   ev.mutable_generic()->set_payload_json(payload.dump());
-  std::vector<normalize::NormalizedEvent> events(1);
-  absl::Status s = normalizer_->Normalize(ev, "check", &events[0]);
-  if (!s.ok()) {
-    audit_failures_.fetch_add(1);
-    LogError("check not recorded", {{"error", std::string(s.message())}});
-    return;
-  }
-  spool_->Append(
-      std::move(events),
-      [this, id = r.decision_id()](const absl::Status& st) {
-        if (!st.ok()) {
-          audit_failures_.fetch_add(1);
-          LogWarn("check not recorded in the audit chain",
-                  {{"decision_id", id}, {"error", std::string(st.message())}});
-        }
-      },
-      /*lazy=*/true);
+  return normalizer_->Normalize(ev, "check", out);
 }
 
 // One WaitForDecision call. The guardian's waiter and the heartbeat thread reach the reactor

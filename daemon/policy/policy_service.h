@@ -83,11 +83,20 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
                         std::string* arguments_hash);
   void CheckRemote(grpc::ServerUnaryReactor* reactor, const toolgate::v1::CheckRequest* request,
                    toolgate::v1::CheckResponse* response, std::string arguments_hash);
-  // Counts the decision, answers, then records the check (after the answer).
+  // Counts the decision, queues the check's audit record, and answers.
   void Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1::Action& action,
               toolgate::v1::CheckResponse* response, const std::string& arguments_hash);
-  void Record(const toolgate::v1::Action& action, const toolgate::v1::CheckResponse& response,
-              const std::string& arguments_hash);
+  // What a check's record is built from, copied before the answer.
+  struct Pending {
+    toolgate::v1::Action action;  // without its arguments: only their hash is recorded
+    toolgate::v1::CheckResponse answer;
+    std::string hash;
+  };
+  // The `approval` event of a check (on the spool's writer thread).
+  absl::Status BuildRecord(const Pending& pending, normalize::NormalizedEvent* out) const;
+  // A record's envelope and payload keys, beyond the sizes of its fields: what counts against
+  // the spool's limit until the record is built.
+  static constexpr uint64_t kRecordBytes = 512;
 
  public:
   struct WaitState;  // one WaitForDecision call; shared with the guardian's waiter

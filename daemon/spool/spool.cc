@@ -105,6 +105,7 @@ struct Spool::Op {
   std::vector<normalize::NormalizedEvent> events;
   uint64_t bytes = 0;
   AppendDone done;
+  Build build;  // a deferred append: fills `events` on the writer thread
   std::vector<EventRef> refs;
   std::vector<uint64_t> seqs;
   std::vector<DeadLetterInfo> letters;
@@ -400,37 +401,76 @@ void Spool::Enqueue(Op op, bool lazy) {
     }
   }
   // Closed: nothing more is written.
+  if (op.kind == Op::kAppend) pending_bytes_.fetch_sub(op.bytes);
   if (op.done) op.done(absl::UnavailableError("spool: shutting down"));
   if (op.count_done) op.count_done(0);
 }
 
-void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy) {
+bool Spool::Admit(uint64_t bytes, size_t events, const AppendDone& done) {
   if (failed_.load()) {
     std::lock_guard<std::mutex> l(mu_);
     done(absl::UnavailableError("spool failed earlier and refuses writes: " + failure_copy_));
-    return;
+    return false;
   }
-  uint64_t bytes = 0;
-  for (const auto& e : events) bytes += e.size();
   if (!options_.standalone) {
     const uint64_t after = queue_bytes_.load() + pending_bytes_.fetch_add(bytes) + bytes;
     if (after > options_.limits.max_bytes) {
       pending_bytes_.fetch_sub(bytes);
-      rejected_full_.fetch_add(events.size());
+      rejected_full_.fetch_add(events);
       done(absl::ResourceExhaustedError(
           absl::StrCat("spool full (", queue_bytes_.load(), " of ", options_.limits.max_bytes,
                        " bytes waiting for the upstream); retry after ",
                        options_.limits.retry_after.count(), " ms")));
-      return;
+      return false;
     }
   } else {
     pending_bytes_.fetch_add(bytes);
   }
+  return true;
+}
+
+void Spool::Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy) {
+  uint64_t bytes = 0;
+  for (const auto& e : events) bytes += e.size();
+  if (!Admit(bytes, events.size(), done)) return;
   Op op(Op::kAppend);
   op.events = std::move(events);
   op.bytes = bytes;
   op.done = std::move(done);
   Enqueue(std::move(op), lazy);
+}
+
+void Spool::AppendDeferred(Build build, uint64_t estimated_bytes, AppendDone done) {
+  if (!Admit(estimated_bytes, 1, done)) return;
+  Op op(Op::kAppend);
+  op.bytes = estimated_bytes;
+  op.build = std::move(build);
+  op.done = std::move(done);
+  Enqueue(std::move(op), /*lazy=*/true);
+}
+
+void Spool::BuildDeferred(std::vector<Op>* batch) {
+  for (auto it = batch->begin(); it != batch->end();) {
+    if (!it->build) {
+      ++it;
+      continue;
+    }
+    const absl::Status s = it->build(&it->events);
+    it->build = nullptr;
+    uint64_t bytes = 0;
+    for (const auto& e : it->events) bytes += e.size();
+    // The estimate counted until now; the events' real size from here on.
+    pending_bytes_.fetch_add(bytes);
+    pending_bytes_.fetch_sub(it->bytes);
+    it->bytes = bytes;
+    if (s.ok()) {
+      ++it;
+      continue;
+    }
+    pending_bytes_.fetch_sub(bytes);
+    it->done(s);
+    it = batch->erase(it);
+  }
 }
 
 void Spool::Ack(std::vector<EventRef> refs) {
@@ -795,12 +835,14 @@ void Spool::WriterLoop() {
       if (ops_.empty() && closing_) break;
       size_t events = 0;
       while (!ops_.empty() && (batch.empty() || events < options_.limits.commit_max_events)) {
-        events += ops_.front().events.size() + ops_.front().refs.size();
+        const Op& next = ops_.front();
+        events += (next.build ? 1 : next.events.size()) + next.refs.size();
         batch.push_back(std::move(ops_.front()));
         ops_.pop_front();
         if (!batch.back().lazy) --urgent_ops_;
       }
     }
+    BuildDeferred(&batch);
     uint64_t batch_bytes = 0;
     for (const Op& op : batch) batch_bytes += op.bytes;
 

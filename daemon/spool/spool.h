@@ -174,6 +174,14 @@ class Spool {
   // keeps a stream of tiny records from costing one commit (and fsync) each.
   void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy = false);
   static constexpr std::chrono::milliseconds kLazyCommitDelay{20};
+
+  // A lazy append whose events are built later, on the writer thread, just before they are
+  // chained: the caller's place in the queue (and so in its sessions' chains) is taken now,
+  // and the work of building the events is not done on the caller's thread. Until they are
+  // built, `estimated_bytes` counts against the spool's limit. An error from `build` goes to
+  // `done` and nothing of that append is stored. `build` must not block.
+  using Build = std::function<absl::Status(std::vector<normalize::NormalizedEvent>*)>;
+  void AppendDeferred(Build build, uint64_t estimated_bytes, AppendDone done);
   // While the disk is full, acks and dead letters that could not be committed are retried this
   // often (or sooner, with the next commit).
   static constexpr std::chrono::milliseconds kFullRetryDelay{200};
@@ -217,6 +225,11 @@ class Spool {
   // Remembers the ids of table recent_ids (RecentIds' window), at start-up.
   void LoadRecentIds();
   void Enqueue(Op op, bool lazy = false);
+  // Counts `bytes` of `events` appended events as pending, unless that would pass the limit:
+  // then `done` gets RESOURCE_EXHAUSTED (or UNAVAILABLE after a failure) and false is returned.
+  bool Admit(uint64_t bytes, size_t events, const AppendDone& done);
+  // Builds the deferred appends of `batch` in place; those that fail leave the batch.
+  void BuildDeferred(std::vector<Op>* batch);
   void WriterLoop();
   absl::Status ApplyBatch(std::vector<Op>& ops);
   // One transaction for `ops`; rolled back (counters and chain heads restored) on failure.

@@ -426,6 +426,57 @@ TEST_F(SpoolTest, LazyAppendsCommitSoonOnTheirOwnAndJoinUrgentCommits) {
   EXPECT_EQ(ReadAll(s.get()).size(), 203u);
 }
 
+TEST_F(SpoolTest, ADeferredAppendTakesItsPlaceWhenQueuedAndIsBuiltOnTheWriter) {
+  auto s = Open(false);
+  // Queued first, built later: still chained before the append that followed it.
+  std::promise<absl::Status> deferred;
+  std::thread::id built_on;
+  s->AppendDeferred(
+      [&](std::vector<normalize::NormalizedEvent>* out) {
+        built_on = std::this_thread::get_id();
+        out->push_back(Ev("s", 0));
+        return absl::OkStatus();
+      },
+      600, [&](const absl::Status& st) { deferred.set_value(st); });
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("s", 1)}).ok());
+  EXPECT_TRUE(deferred.get_future().get().ok());
+  EXPECT_NE(built_on, std::this_thread::get_id());
+  auto rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 2u);
+  auto first = nlohmann::json::parse(rows[0].body), second = nlohmann::json::parse(rows[1].body);
+  EXPECT_EQ(first["payload"]["i"], 0);
+  EXPECT_EQ(second["payload"]["i"], 1);
+  EXPECT_EQ(second["previousHash"], Sha256Hex(rows[0].body));
+
+  // A build that fails: its error reaches `done`, nothing of it is stored, the rest is.
+  std::promise<absl::Status> failed;
+  s->AppendDeferred(
+      [](std::vector<normalize::NormalizedEvent>*) {
+        return absl::InvalidArgumentError("no such thing");
+      },
+      600, [&](const absl::Status& st) { failed.set_value(st); });
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("s", 2)}).ok());
+  EXPECT_EQ(failed.get_future().get(), absl::InvalidArgumentError("no such thing"));
+  rows = ReadAll(s.get());
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(nlohmann::json::parse(rows[2].body)["previousHash"], Sha256Hex(rows[1].body));
+
+  // The estimate counts against the limit before anything is built.
+  s.reset();
+  auto small = Open(false, /*max_bytes=*/1000);
+  std::promise<absl::Status> refused;
+  bool ran = false;
+  small->AppendDeferred(
+      [&](std::vector<normalize::NormalizedEvent>*) {
+        ran = true;
+        return absl::OkStatus();
+      },
+      2000, [&](const absl::Status& st) { refused.set_value(st); });
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.get_future().get()));
+  small->Close();
+  EXPECT_FALSE(ran);
+}
+
 TEST_F(SpoolTest, ConcurrentAppendsAllCommitInPerSessionOrder) {
   auto s = Open(false);
   std::vector<std::thread> threads;

@@ -9,8 +9,8 @@ import time
 import grpc
 import pytest
 
-from conftest import TOOLGATE_CLI, TOOLGATED, wait_until
-from toolgate.v1 import admin_pb2, policy_pb2, policy_pb2_grpc
+from conftest import TOOLGATE_CLI, TOOLGATED, tool_event, wait_until
+from toolgate.v1 import admin_pb2, events_pb2, policy_pb2, policy_pb2_grpc
 
 POLICY_A = """
 revision: "A"
@@ -92,6 +92,23 @@ def test_check_decides_explains_and_records(make_daemon, policy_file):
                        text=True, capture_output=True)
     assert r.returncode == 0, r.stdout
     assert d.status().policy_revision == "A"
+
+
+def test_a_check_is_chained_before_what_the_agent_records_after_its_answer(make_daemon,
+                                                                           policy_file):
+    # The record of a check is built after the answer, but its place in the chain is taken
+    # before: the tool call the agent records once allowed always comes after its approval.
+    d = make_daemon(args=["--set", f"policy.file={policy_file}"]).start()
+    for i in range(50):
+        allowed = check(d, action("search", {"q": i}, session="s-order"))
+        ev = tool_event(session="s-order", tool="search", args=json.dumps({"q": i}))
+        ev.event_id = f"00000000-0000-4000-8000-{i:012d}"
+        d.events().Record(events_pb2.RecordRequest(events=[ev]), timeout=10)
+        assert allowed.decision == policy_pb2.ALLOW
+    wait_until(lambda: d.status().stored_events == 100, what="100 events")
+    exported = [json.loads(l) for l in d.cli("export", "s-order").stdout.splitlines()]
+    kinds = ["check" if e["category"] == "approval" else "tool" for e in exported]
+    assert kinds == ["check", "tool"] * 50
 
 
 def test_check_without_a_policy_allows_and_bad_requests_are_refused(make_daemon):
