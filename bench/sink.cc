@@ -44,6 +44,10 @@ size_t CountEvents(const std::string& body) {
 
 int main(int argc, char** argv) {
   httplib::Server server;
+  // One worker per connection while it is kept alive: with httplib's default of 8 workers, the
+  // daemon's 8 kept-alive shipping connections (upstream.max_in_flight) took them all, and the
+  // benchmark's GET /count waited for one to idle out (5 s), which showed as a slow drain.
+  server.new_task_queue = [] { return new httplib::ThreadPool(32); };
   std::atomic<uint64_t> events{0}, requests{0};
   server.Post("/v1/events", [&](const httplib::Request& req, httplib::Response& res) {
     const size_t n = CountEvents(req.body);
