@@ -3,7 +3,7 @@ find_package(PkgConfig REQUIRED)
 # Debian's gRPC ships no CMake package config, only pkg-config files.
 pkg_check_modules(GRPCPP REQUIRED IMPORTED_TARGET grpc++)
 pkg_check_modules(ABSL REQUIRED IMPORTED_TARGET absl_status absl_statusor absl_strings absl_time
-                  absl_flat_hash_set)
+                  absl_flat_hash_set absl_synchronization)
 pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
 pkg_check_modules(SQLITE3 REQUIRED IMPORTED_TARGET sqlite3)
 pkg_check_modules(YAMLCPP REQUIRED IMPORTED_TARGET yaml-cpp)
