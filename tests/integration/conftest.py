@@ -174,4 +174,7 @@ def make_daemon(tmp_path):
         for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                        "WARNING: ThreadSanitizer"):
             if marker in logs:
-                pytest.fail(f"{marker} in {d.log_path}:\n" + logs[logs.index(marker):][:3000])
+                # Whole report: both stacks of a race (the second one decides a suppression).
+                report = logs[logs.index(marker):]
+                end = report.find("==================", 1)
+                pytest.fail(f"{marker} in {d.log_path}:\n" + report[:end if 0 < end < 20000 else 20000])
