@@ -177,4 +177,5 @@ def make_daemon(tmp_path):
                 # Whole report: both stacks of a race (the second one decides a suppression).
                 report = logs[logs.index(marker):]
                 end = report.find("==================", 1)
-                pytest.fail(f"{marker} in {d.log_path}:\n" + report[:end if 0 < end < 20000 else 20000])
+                report = report[:end if 0 < end < 20000 else 20000]
+                pytest.fail(f"{marker} in {d.log_path}:\n{report}")
