@@ -85,6 +85,16 @@ inline void AppendUtf8(uint32_t cp, std::string* out) {
 // True for the ASCII characters RFC 8785 requires to be escaped.
 inline bool NeedsEscape(unsigned char c) { return c < 0x20 || c == '"' || c == '\\'; }
 
+// Word-at-a-time tests on eight bytes (bit 7 of a byte set where the test holds, exact for a
+// word whose bytes are all below 0x80; callers test the high bits of the word itself too).
+constexpr uint64_t kLowBits = 0x0101010101010101ULL;
+constexpr uint64_t kHighBits = 0x8080808080808080ULL;
+inline uint64_t HasLess(uint64_t v, unsigned char n) { return (v - kLowBits * n) & ~v; }
+inline uint64_t HasByte(uint64_t v, unsigned char c) {
+  const uint64_t x = v ^ (kLowBits * c);
+  return (x - kLowBits) & ~x;
+}
+
 // Writes the RFC 8785 escape for `c`, which must satisfy NeedsEscape(c), to `w` (room for 6
 // bytes); returns the number of bytes written.
 inline size_t WriteEscape(unsigned char c, char* w) {
@@ -129,6 +139,15 @@ bool AppendQuotedString(std::string_view s, std::string* out) {
   const auto* run = p;
   out->push_back('"');
   while (p < end) {
+    // Eight bytes at a time while they are plain ASCII (the common case for ids, names and
+    // argument text): none >= 0x80, < 0x20, '"' or '\\'.
+    while (end - p >= 8) {
+      uint64_t v;
+      std::memcpy(&v, p, 8);
+      if (((v | HasLess(v, 0x20) | HasByte(v, '"') | HasByte(v, '\\')) & kHighBits) != 0) break;
+      p += 8;
+    }
+    if (p == end) break;
     const unsigned char c = *p;
     if (c >= 0x80) {
       const int len = Utf8SequenceLength(p, end);

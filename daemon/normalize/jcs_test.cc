@@ -580,5 +580,31 @@ TEST(AppendCanonicalTest, StringAndNumberHelpers) {
   EXPECT_FALSE(AppendCanonicalString("\xED\xA0\x80", &bad));
 }
 
+// The string writer also works 8 bytes at a time over plain ASCII: put each kind of byte that
+// leaves that path at every offset of a 24-byte string.
+TEST(AppendCanonicalTest, SpecialBytesAtEveryOffsetOfAWrittenString) {
+  const struct {
+    std::string in, out;
+  } kCases[] = {{"\x01", "\\u0001"}, {"\x1f", "\\u001f"}, {"\n", "\\n"},
+                {"\"", "\\\""},      {"\\", "\\\\"},      {"\xC3\xA9", "\xC3\xA9"},
+                {"\x7F", "\x7F"},    {" ", " "},          {"\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80"}};
+  for (int k = 0; k < 24; ++k) {
+    const std::string pad(k, 'a');
+    const std::string tail(24 - k, 'b');
+    SCOPED_TRACE(k);
+    for (const auto& c : kCases) {
+      std::string out;
+      ASSERT_TRUE(AppendCanonicalString(pad + c.in + tail, &out)) << c.out;
+      EXPECT_EQ(out, "\"" + pad + c.out + tail + "\"");
+    }
+    std::string bad;
+    EXPECT_FALSE(AppendCanonicalString(pad + "\xFF" + tail, &bad));
+    EXPECT_FALSE(AppendCanonicalString(pad + "\xC3", &bad));  // cut at the end
+  }
+  std::string out;
+  ASSERT_TRUE(AppendCanonicalString(std::string(64, 'x'), &out));
+  EXPECT_EQ(out, "\"" + std::string(64, 'x') + "\"");
+}
+
 }  // namespace
 }  // namespace toolgate::normalize
