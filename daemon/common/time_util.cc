@@ -17,6 +17,12 @@ Clock* Clock::Real() {
 }
 
 std::string FormatRfc3339(SystemTime t) {
+  std::string out;
+  AppendRfc3339(t, &out);
+  return out;
+}
+
+void AppendRfc3339(SystemTime t, std::string* out) {
   using namespace std::chrono;
   const auto us = duration_cast<microseconds>(t.time_since_epoch()).count();
   std::time_t secs = static_cast<std::time_t>(us / 1'000'000);
@@ -35,15 +41,16 @@ std::string FormatRfc3339(SystemTime t) {
                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
     cached_secs = secs;
   }
-  std::string out(cached, 19);
-  out.resize(27);
-  out[19] = '.';
+  const size_t at = out->size();
+  out->append(cached, 19);
+  out->resize(at + 27);
+  char* w = out->data() + at;
+  w[19] = '.';
   for (int i = 25; i >= 20; --i) {
-    out[i] = static_cast<char>('0' + frac % 10);
+    w[i] = static_cast<char>('0' + frac % 10);
     frac /= 10;
   }
-  out[26] = 'Z';
-  return out;
+  w[26] = 'Z';
 }
 
 namespace {

@@ -12,6 +12,7 @@ namespace toolgate {
 
 // "2026-11-23T17:04:00.123456Z" (UTC, microseconds).
 std::string FormatRfc3339(SystemTime t);
+void AppendRfc3339(SystemTime t, std::string* out);  // the same, appended to `*out`
 
 // Parses an RFC 3339 date-time that carries a timezone ("Z" or "+hh:mm"/"-hh:mm");
 // fractional seconds optional. A time without a timezone is an error, so that an

@@ -885,13 +885,19 @@ absl::Status AppendValue(const nlohmann::json& value, int depth, std::string* ou
 }  // namespace
 
 absl::StatusOr<std::string> CanonicalizeJson(std::string_view json_text, int max_depth) {
+  std::string out;
+  if (absl::Status s = CanonicalizeJsonTo(json_text, &out, max_depth); !s.ok()) return s;
+  return out;
+}
+
+absl::Status CanonicalizeJsonTo(std::string_view json_text, std::string* out, int max_depth) {
 #if defined(__cpp_exceptions)
   try {
 #endif
-    std::string out;
-    Parser parser(json_text, max_depth, &out);
+    out->clear();
+    Parser parser(json_text, max_depth, out);
     if (!parser.Run()) return parser.error();
-    return out;
+    return absl::OkStatus();
 #if defined(__cpp_exceptions)
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("jcs: out of memory");

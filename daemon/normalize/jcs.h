@@ -42,6 +42,11 @@ inline constexpr int kDefaultJcsMaxDepth = 128;
 absl::StatusOr<std::string> CanonicalizeJson(std::string_view json_text,
                                              int max_depth = kDefaultJcsMaxDepth);
 
+// The same, into `*out` (replaced; its capacity is reused, so a caller that keeps a buffer
+// canonicalizes without allocating). On error `*out` is unspecified.
+absl::Status CanonicalizeJsonTo(std::string_view json_text, std::string* out,
+                                int max_depth = kDefaultJcsMaxDepth);
+
 // Appends the canonical bytes of an already parsed value to `*out` (used to serialize envelopes
 // the daemon builds). Integers (signed or unsigned) are converted to the nearest double, as
 // JavaScript would.

@@ -117,8 +117,17 @@ Normalizer::Normalizer(NormalizerOptions options, Clock* clock)
     : options_(std::move(options)), clock_(clock) {}
 
 std::string Normalizer::HashArguments(const std::string& canonical) const {
-  return options_.hmac_key.empty() ? Sha256Hex(canonical)
-                                   : HmacSha256Hex(options_.hmac_key, canonical);
+  std::string out;
+  AppendArgumentsHash(canonical, &out);
+  return out;
+}
+
+void Normalizer::AppendArgumentsHash(std::string_view canonical, std::string* out) const {
+  if (options_.hmac_key.empty()) {
+    AppendSha256Hex(canonical, out);
+  } else {
+    AppendHmacSha256Hex(options_.hmac_key, canonical, out);
+  }
 }
 
 absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
@@ -132,9 +141,17 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
   if (!in.event_id().empty() && !IsUuid(in.event_id())) {
     return Invalid(p, "event_id", "must be a UUID (or empty to have one assigned)");
   }
-  std::string timestamp = in.source_timestamp();
+  // Scratch buffers of this thread, reused event after event: this runs for every event on
+  // gRPC's threads, and an allocation here is freed on the spool's thread.
+  thread_local std::string generated_timestamp, canonical, payload_text;
+  for (std::string* b : {&canonical, &payload_text}) {
+    if (b->capacity() > 64 * 1024) std::string().swap(*b);  // after a large event: let it go
+  }
+  std::string_view timestamp = in.source_timestamp();
   if (timestamp.empty()) {
-    timestamp = FormatRfc3339(clock_->Now());
+    generated_timestamp.clear();
+    AppendRfc3339(clock_->Now(), &generated_timestamp);
+    timestamp = generated_timestamp;
   } else if (auto t = ParseRfc3339(timestamp); !t.ok()) {
     return Invalid(p, "source_timestamp", std::string(t.status().message()));
   }
@@ -146,13 +163,14 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
 
   std::string category;
   ObjectBuilder payload;
-  std::string payload_text;  // set directly by the generic kind, else built from `payload`
+  payload_text.clear();  // set directly by tool calls and the generic kind, else from `payload`
   switch (in.kind_case()) {
     case Event::kToolCall: {
       const auto& t = in.tool_call();
       category = "tool_api";
       if (t.tool_name().empty()) return Invalid(p, "tool_call.tool_name", "required");
-      std::string hash;
+      // The hot path: members written directly, already in JCS order.
+      payload_text = "{\"argumentsHash\":\"";
       if (!t.arguments_hash().empty()) {
         if (!t.arguments_json().empty()) {
           return Invalid(p, "tool_call.arguments_hash",
@@ -161,7 +179,7 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
         if (!IsSha256Hex(t.arguments_hash())) {
           return Invalid(p, "tool_call.arguments_hash", "must be 64 lowercase hex characters");
         }
-        hash = t.arguments_hash();
+        payload_text += t.arguments_hash();
       } else {
         if (t.arguments_json().size() > options_.max_argument_bytes) {
           return Invalid(p, "tool_call.arguments_json",
@@ -170,19 +188,13 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
         }
         const std::string_view text =
             t.arguments_json().empty() ? std::string_view("{}") : t.arguments_json();
-        auto canonical = CanonicalizeJson(text);
-        if (!canonical.ok()) {
+        if (absl::Status c = CanonicalizeJsonTo(text, &canonical); !c.ok()) {
           return Invalid(p, "tool_call.arguments_json",
-                         "must be JSON: " + std::string(canonical.status().message()));
+                         "must be JSON: " + std::string(c.message()));
         }
-        hash = HashArguments(*canonical);
+        AppendArgumentsHash(canonical, &payload_text);
       }
       if (t.duration_ms() < 0) return Invalid(p, "tool_call.duration_ms", "must be >= 0");
-      // The hot path: members written directly, already in JCS order.
-      payload_text.reserve(128 + t.tool_name().size() + t.response_status().size() +
-                           t.endpoint().size());
-      payload_text = "{\"argumentsHash\":\"";
-      payload_text += hash;
       payload_text.push_back('"');
       if (t.duration_ms() > 0) {
         payload_text += ",\"durationMs\":";
@@ -274,17 +286,16 @@ absl::Status Normalizer::Normalize(const Event& in, const std::string& p,
       if (g.payload_json().size() > options_.max_argument_bytes) {
         return Invalid(p, "generic.payload_json", "larger than ingest.max_argument_bytes");
       }
-      auto canonical = CanonicalizeJson(g.payload_json().empty() ? "{}" : g.payload_json());
-      if (!canonical.ok()) {
-        return Invalid(p, "generic.payload_json",
-                       "must be JSON: " + std::string(canonical.status().message()));
+      if (absl::Status c =
+              CanonicalizeJsonTo(g.payload_json().empty() ? "{}" : g.payload_json(), &payload_text);
+          !c.ok()) {
+        return Invalid(p, "generic.payload_json", "must be JSON: " + std::string(c.message()));
       }
-      if (canonical->empty() || (*canonical)[0] != '{') {
+      if (payload_text.empty() || payload_text[0] != '{') {
         return Invalid(p, "generic.payload_json", "must be a JSON object");
       }
       // Generic payloads are audit content of the agent's own choosing: they are stored as
       // given (canonicalized), unlike tool arguments.
-      payload_text = std::move(*canonical);
       break;
     }
     case Event::KIND_NOT_SET:

@@ -58,6 +58,7 @@ class Normalizer {
 
   // The argumentsHash of a canonical JSON text (SHA-256 or HMAC-SHA256 hex).
   std::string HashArguments(const std::string& canonical) const;
+  void AppendArgumentsHash(std::string_view canonical, std::string* out) const;
 
  private:
   NormalizerOptions options_;

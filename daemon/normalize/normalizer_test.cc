@@ -51,6 +51,50 @@ TEST_F(NormalizerTest, ToolCallIsHashedCanonicallyAndArgumentsDropped) {
   EXPECT_EQ(*CanonicalizeJson(n.envelope), n.envelope);
 }
 
+// Normalize keeps per-thread scratch buffers: nothing of one event may reach the next, whatever
+// kind, size or outcome the one before had.
+TEST_F(NormalizerTest, OneEventLeavesNothingInTheNext) {
+  Event timed = ToolEvent(R"({"q":"first"})");
+  timed.set_source_timestamp("2026-01-02T03:04:05.678901Z");
+  Event large;
+  large.set_agent_id("agent-1");
+  large.set_session_id("s-1");
+  large.mutable_generic()->set_category("x-large");
+  large.mutable_generic()->set_payload_json(R"({"blob":")" + std::string(200000, 'z') + R"("})");
+  Event hashed = ToolEvent("");
+  hashed.mutable_tool_call()->set_arguments_hash(std::string(64, 'a'));
+  const Event bad = ToolEvent(R"({"q": "unterminated)");
+  const Event plain = ToolEvent(R"({"q":"second"})");
+  Event start;
+  start.set_agent_id("agent-1");
+  start.set_session_id("s-1");
+  start.mutable_session_start();
+
+  NormalizedEvent alone;
+  ASSERT_TRUE(normalizer_.Normalize(plain, "e", &alone).ok());
+  std::vector<NormalizedEvent> n(6);
+  ASSERT_TRUE(normalizer_.Normalize(timed, "e", &n[0]).ok());
+  ASSERT_TRUE(normalizer_.Normalize(start, "e", &n[5]).ok());
+  ASSERT_TRUE(normalizer_.Normalize(large, "e", &n[1]).ok());
+  ASSERT_TRUE(normalizer_.Normalize(hashed, "e", &n[2]).ok());
+  EXPECT_FALSE(normalizer_.Normalize(bad, "e", &n[3]).ok());
+  ASSERT_TRUE(normalizer_.Normalize(plain, "e", &n[4]).ok());
+
+  EXPECT_EQ(Envelope(n[0])["sourceTimestamp"], "2026-01-02T03:04:05.678901Z");
+  EXPECT_EQ(Envelope(n[0])["payload"]["argumentsHash"], Sha256Hex(R"({"q":"first"})"));
+  EXPECT_EQ(Envelope(n[1])["payload"]["blob"].get<std::string>().size(), 200000u);
+  EXPECT_EQ(Envelope(n[5])["payload"], nlohmann::json::object());
+  EXPECT_EQ(Envelope(n[2])["payload"]["argumentsHash"], std::string(64, 'a'));
+  EXPECT_EQ(Envelope(n[2])["sourceTimestamp"], "2023-11-14T22:13:20.000000Z");
+  // The last is the same event as the first one normalized: the same bytes but its id.
+  auto last = Envelope(n[4]), first_alone = Envelope(alone);
+  last.erase("eventId");
+  first_alone.erase("eventId");
+  EXPECT_EQ(last, first_alone);
+  EXPECT_EQ(n[4].envelope.size(), alone.envelope.size());
+  EXPECT_EQ(*CanonicalizeJson(n[4].envelope), n[4].envelope);
+}
+
 TEST_F(NormalizerTest, HmacKeyChangesTheHash) {
   Normalizer keyed(NormalizerOptions{1 << 20, "k3y"}, &clock_);
   NormalizedEvent n;
