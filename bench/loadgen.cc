@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_event.h"
 #include "toolgate/v1/events.grpc.pb.h"
 #include "toolgate/v1/policy.grpc.pb.h"
 
@@ -53,17 +54,8 @@ std::string RandomUuid() {
 }
 
 Event MakeEvent(int client, uint64_t i) {
-  Event e;
+  Event e = toolgate::bench::BenchEvent(client, i);
   if (kClientIds) e.set_event_id(RandomUuid());
-  e.set_agent_id("bench-agent-" + std::to_string(client));
-  e.set_session_id("bench-session-" + std::to_string(client) + "-" + std::to_string(i % 16));
-  auto* t = e.mutable_tool_call();
-  t->set_tool_name("read_file");
-  t->set_response_status("success");
-  // ~150 bytes of arguments, different for every event.
-  t->set_arguments_json(R"({"path":"/data/reports/2026/q3/customer-export-)" + std::to_string(i) +
-                        R"(.csv","mode":"read","limit":1000,"filters":{"region":"eu-west-1",)"
-                        R"("status":"active"}})");
   return e;
 }
 

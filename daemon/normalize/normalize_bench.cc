@@ -1,5 +1,5 @@
 // normalize_bench: Normalizer::Normalize alone (no RPC, no spool), on the events tg_loadgen
-// sends (bench/loadgen.cc: ~300-byte tool calls with ~150 bytes of arguments, different for
+// sends (bench/bench_event.h: ~300-byte tool calls with ~150 bytes of arguments, different for
 // every event), in batches of 200 as a stream message carries them. Prints one line, then one
 // JSON object (the last line) with the median and the fastest of the rounds in ns per event.
 //
@@ -17,35 +17,19 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_event.h"
 #include "daemon/common/clock.h"
 #include "daemon/normalize/normalizer.h"
-
-namespace {
-
-using toolgate::v1::Event;
-
-Event MakeEvent(int client, uint64_t i) {  // as bench/loadgen.cc's MakeEvent
-  Event e;
-  e.set_agent_id("bench-agent-" + std::to_string(client));
-  e.set_session_id("bench-session-" + std::to_string(client) + "-" + std::to_string(i % 16));
-  auto* t = e.mutable_tool_call();
-  t->set_tool_name("read_file");
-  t->set_response_status("success");
-  t->set_arguments_json(R"({"path":"/data/reports/2026/q3/customer-export-)" + std::to_string(i) +
-                        R"(.csv","mode":"read","limit":1000,"filters":{"region":"eu-west-1",)"
-                        R"("status":"active"}})");
-  return e;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 200;
   constexpr int kBatch = 200;
   constexpr int kBatchesPerRound = 50;
   toolgate::normalize::Normalizer normalizer({}, toolgate::Clock::Real());
-  std::vector<Event> in;
-  for (int i = 0; i < kBatch * kBatchesPerRound; ++i) in.push_back(MakeEvent(i % 4, i));
+  std::vector<toolgate::v1::Event> in;
+  for (int i = 0; i < kBatch * kBatchesPerRound; ++i) {
+    in.push_back(toolgate::bench::BenchEvent(i % 4, i));
+  }
 
   std::vector<double> ns_per_event;
   size_t bytes = 0;
