@@ -16,8 +16,8 @@ extern char** environ;
 
 // jemalloc's tuning, read at start-up: two arenas are enough for a daemon whose hot threads are
 // few, and returning dirty pages within 0.4 s keeps the resident set small under a burst
-// (bench/run audit: peak RSS 1–3 MiB lower than with 1 s, CPU per event unchanged within
-// noise; 0.1 s cost ~8 % more CPU; docs/performance.md).
+// (bench/run audit: peak RSS 1–3 MiB lower than with 1 s, CPU per event no higher; 0.1 s
+// saved more memory but cost 6–16 % more CPU per event; docs/performance.md).
 extern "C" const char* malloc_conf;
 const char* malloc_conf = "narenas:2,dirty_decay_ms:400,muzzy_decay_ms:0";
 
