@@ -382,7 +382,7 @@ struct Conditions {
       if (f != skip && !m.Matches(FieldValue(a, f))) return false;
     }
     for (const Predicate& p : arguments) {
-      if (!p.Holds(a.arguments)) return false;
+      if (!p.Holds(a.arguments.get())) return false;
     }
     if (tool_in_snapshot >= 0) {
       const bool in = a.registered_tools != nullptr && a.registered_tools->Has(a.tool_name);

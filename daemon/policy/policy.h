@@ -42,8 +42,6 @@ inline constexpr size_t kMaxPolicyBytes = 8 << 20;
 // Sequences and mappings nested deeper than this are rejected while parsing.
 inline constexpr int kMaxNestingDepth = 64;
 
-// What an agent is about to do. All strings may be empty. The pointed-to arguments must outlive
-// the Evaluate call.
 // The tools an agent registered with its snapshot (Agents.Register), for the condition
 // `tool_in_snapshot`. Implementations are immutable and thread-safe.
 class ToolLookup {
@@ -52,6 +50,54 @@ class ToolLookup {
   virtual bool Has(std::string_view tool_name) const = 0;
 };
 
+// An action's arguments: parsed JSON, or JSON text parsed the first time a rule looks at it.
+// Most rules never do, and parsing costs more than evaluating a thousand rules, so Policy.Check
+// hands over the text. The text must be JSON that normalize::CanonicalizeJson accepts (which
+// nlohmann::json accepts too: tests/fuzz/jcs_fuzz.cc checks it); text that does not parse
+// reads as no arguments. Built from text, an Action is evaluated by one thread at a time.
+class ActionArguments {
+ public:
+  ActionArguments() = default;  // no arguments
+  // NOLINTNEXTLINE(google-explicit-constructor): `action.arguments = &json` reads naturally.
+  ActionArguments(const nlohmann::json* parsed) : parsed_(parsed), resolved_(true) {}
+  static ActionArguments FromText(std::string_view json) {
+    ActionArguments a;
+    a.text_ = json;
+    return a;
+  }
+  ActionArguments(const ActionArguments& other) { *this = other; }
+  ActionArguments& operator=(const ActionArguments& other) {
+    // A copy parses again rather than point into the other's storage.
+    text_ = other.text_;
+    const bool owned = other.parsed_ == &other.storage_;
+    parsed_ = owned ? nullptr : other.parsed_;
+    resolved_ = !owned && other.resolved_;
+    return *this;
+  }
+
+  // The parsed arguments; null when there are none.
+  const nlohmann::json* get() const {
+    if (!resolved_) {
+      resolved_ = true;
+      if (!text_.empty()) {
+        storage_ = nlohmann::json::parse(text_, nullptr, /*allow_exceptions=*/false);
+        parsed_ = storage_.is_discarded() ? nullptr : &storage_;
+      }
+    }
+    return parsed_;
+  }
+  // Whether the arguments were parsed (tests: a check that needs no argument parses none).
+  bool parsed() const { return resolved_ && parsed_ == &storage_; }
+
+ private:
+  std::string_view text_;
+  mutable const nlohmann::json* parsed_ = nullptr;
+  mutable bool resolved_ = false;
+  mutable nlohmann::json storage_;
+};
+
+// What an agent is about to do. All strings may be empty. The arguments (parsed or text) must
+// outlive the Evaluate call.
 struct Action {
   std::string agent_id;
   std::string session_id;
@@ -61,7 +107,7 @@ struct Action {
   std::string target_system;
   std::string initiator_type;
   std::string initiator_id;
-  const nlohmann::json* arguments = nullptr;  // parsed arguments; null = no arguments
+  ActionArguments arguments;  // none by default
   // The agent's registered tools; null when the agent never registered (then no tool is in
   // its snapshot).
   const ToolLookup* registered_tools = nullptr;

@@ -47,8 +47,7 @@ PolicyService::~PolicyService() {
   if (heartbeat_.joinable()) heartbeat_.join();
 }
 
-absl::Status PolicyService::Validate(const toolgate::v1::Action& a, nlohmann::json* args,
-                                     std::string* arguments_hash) {
+absl::Status PolicyService::Validate(const toolgate::v1::Action& a, std::string* canonical) {
   auto invalid = [](const char* field, const std::string& rule) {
     return absl::InvalidArgumentError(std::string("action.") + field + ": " + rule);
   };
@@ -62,21 +61,19 @@ absl::Status PolicyService::Validate(const toolgate::v1::Action& a, nlohmann::js
   if (a.arguments_json().size() > max_argument_bytes_) {
     return invalid("arguments_json", "larger than ingest.max_argument_bytes");
   }
-  const std::string& text = a.arguments_json().empty() ? "{}" : a.arguments_json();
-  *args = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (args->is_discarded()) return invalid("arguments_json", "must be JSON");
-  auto canonical = normalize::CanonicalizeJson(text);
-  if (!canonical.ok()) {
-    return invalid("arguments_json", "must be JSON: " + std::string(canonical.status().message()));
+  // Canonical form is both the validation and what the hash is taken of; the rules parse the
+  // text only if one of them looks at an argument, and the hash is taken off this thread.
+  auto c = normalize::CanonicalizeJson(a.arguments_json().empty() ? "{}" : a.arguments_json());
+  if (!c.ok()) {
+    return invalid("arguments_json", "must be JSON: " + std::string(c.status().message()));
   }
-  *arguments_hash = normalizer_->HashArguments(*canonical);
+  *canonical = *std::move(c);
   return absl::OkStatus();
 }
 
 absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse* response,
-                                   std::string* arguments_hash) {
-  nlohmann::json args;
-  if (absl::Status s = Validate(a, &args, arguments_hash); !s.ok()) return s;
+                                   std::string* canonical) {
+  if (absl::Status s = Validate(a, canonical); !s.ok()) return s;
   response->set_decision_id(NewUuid());
   auto rules = source_->Current();
   if (!rules && options_.mode == "sync") {
@@ -95,9 +92,10 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
     return absl::OkStatus();
   }
   const std::shared_ptr<const ToolLookup> tools = tools_of_ ? tools_of_(a.agent_id()) : nullptr;
-  Action action{a.agent_id(),  a.session_id(),    a.tool_name(),      a.tool_type(),
-                a.operation(), a.target_system(), a.initiator_type(), a.initiator_id(),
-                &args,         tools.get()};
+  Action action{a.agent_id(),       a.session_id(),   a.tool_name(),
+                a.tool_type(),      a.operation(),    a.target_system(),
+                a.initiator_type(), a.initiator_id(), ActionArguments::FromText(a.arguments_json()),
+                tools.get()};
   const Decision d = rules->Evaluate(action, &rate_state_, clock_->Now());
   response->set_decision(ToProto(d.effect));
   response->set_rule_id(std::string(d.rule_id));
@@ -113,8 +111,8 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
     const Rule defaults;
     const Rule& rule = d.rule != nullptr ? *d.rule : defaults;
     auto pending =
-        guardian_->Create(a, *arguments_hash, std::string(d.rule_id), std::string(d.reason),
-                          rule.approval_timeout, ToProto(rule.on_timeout));
+        guardian_->Create(a, normalizer_->HashArguments(*canonical), std::string(d.rule_id),
+                          std::string(d.reason), rule.approval_timeout, ToProto(rule.on_timeout));
     if (!pending.ok()) return pending.status();
     response->set_pending_action_id(pending->id());
     response->set_expires_at(pending->expires_at());
@@ -126,17 +124,16 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
                                                const toolgate::v1::CheckRequest* request,
                                                CheckResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  std::string hash;
+  std::string canonical;
   absl::Status s;
   if (remote_ != nullptr) {
-    nlohmann::json args;
-    s = Validate(request->action(), &args, &hash);
+    s = Validate(request->action(), &canonical);
     if (s.ok()) {
-      CheckRemote(reactor, request, response, std::move(hash));
+      CheckRemote(reactor, request, response, std::move(canonical));
       return reactor;
     }
   } else {
-    s = Decide(request->action(), response, &hash);
+    s = Decide(request->action(), response, &canonical);
   }
   if (!s.ok()) {
     if (absl::IsInvalidArgument(s)) invalid_.fetch_add(1, std::memory_order_relaxed);
@@ -144,15 +141,15 @@ grpc::ServerUnaryReactor* PolicyService::Check(grpc::CallbackServerContext* ctx,
         grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message())));
     return reactor;
   }
-  Answer(reactor, request->action(), response, hash);
+  Answer(reactor, request->action(), response, std::move(canonical));
   return reactor;
 }
 
 void PolicyService::CheckRemote(grpc::ServerUnaryReactor* reactor,
                                 const toolgate::v1::CheckRequest* request, CheckResponse* response,
-                                std::string arguments_hash) {
+                                std::string canonical) {
   remote_->Check(request->action(), [this, reactor, request, response,
-                                     hash = std::move(arguments_hash)](RemoteVerdict v) {
+                                     canonical = std::move(canonical)](RemoteVerdict v) mutable {
     response->set_decision_id(NewUuid());
     response->set_decision(v.decision);
     response->set_source(v.source);
@@ -163,9 +160,9 @@ void PolicyService::CheckRemote(grpc::ServerUnaryReactor* reactor,
         response->set_decision(toolgate::v1::DENY);
         response->set_reason(v.reason + " (no guardian to hold the approval: denied)");
       } else {
-        auto pending = guardian_->Create(request->action(), hash, "remote", v.reason,
-                                         options_.remote_approval_timeout, toolgate::v1::DENY,
-                                         v.pending_action_id);
+        auto pending = guardian_->Create(request->action(), normalizer_->HashArguments(canonical),
+                                         "remote", v.reason, options_.remote_approval_timeout,
+                                         toolgate::v1::DENY, v.pending_action_id);
         if (!pending.ok()) {
           reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(pending.status().code()),
                                        std::string(pending.status().message())));
@@ -175,12 +172,12 @@ void PolicyService::CheckRemote(grpc::ServerUnaryReactor* reactor,
         response->set_expires_at(pending->expires_at());
       }
     }
-    Answer(reactor, request->action(), response, hash);
+    Answer(reactor, request->action(), response, std::move(canonical));
   });
 }
 
 void PolicyService::Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1::Action& a,
-                           CheckResponse* response, const std::string& hash) {
+                           CheckResponse* response, std::string canonical) {
   switch (response->decision()) {
     case toolgate::v1::DENY:
       deny_.fetch_add(1, std::memory_order_relaxed);
@@ -201,7 +198,7 @@ void PolicyService::Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1
   response->set_event_id(NewUuid());
   Pending record;
   record.answer = *response;
-  record.hash = hash;
+  record.canonical = std::move(canonical);
   auto& c = record.action;
   c.set_agent_id(a.agent_id());
   c.set_session_id(a.session_id());
@@ -211,7 +208,9 @@ void PolicyService::Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1
   c.set_target_system(a.target_system());
   c.set_initiator_type(a.initiator_type());
   c.set_initiator_id(a.initiator_id());
-  const uint64_t estimate = kRecordBytes + c.ByteSizeLong() + record.answer.ByteSizeLong();
+  // Until it is built the record holds the canonical arguments too.
+  const uint64_t estimate =
+      kRecordBytes + c.ByteSizeLong() + record.answer.ByteSizeLong() + record.canonical.size();
   const std::string decision_id = record.answer.decision_id();
   spool_->AppendDeferred(
       [this, record = std::move(record)](std::vector<normalize::NormalizedEvent>* out) {
@@ -250,7 +249,7 @@ absl::Status PolicyService::BuildRecord(const Pending& p, normalize::NormalizedE
                                                         : "require_approval"},
       {"reason", r.reason()},
       {"decisionId", r.decision_id()},
-      {"argumentsHash", p.hash},
+      {"argumentsHash", normalizer_->HashArguments(p.canonical)},
   };
   if (!r.rule_id().empty()) payload["ruleId"] = r.rule_id();
   if (!r.policy_revision().empty()) payload["policyRevision"] = r.policy_revision();

@@ -60,9 +60,9 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
       grpc::CallbackServerContext* ctx, const toolgate::v1::WaitRequest* request) override;
 
   // Validates and decides `action` (and creates its pending action when approval is needed);
-  // no RPC, no audit record.
+  // no RPC, no audit record. `canonical` receives the arguments' canonical JSON (RFC 8785).
   absl::Status Decide(const toolgate::v1::Action& action, toolgate::v1::CheckResponse* response,
-                      std::string* arguments_hash);
+                      std::string* canonical);
 
   // Remote mode: decisions from `remote` (not owned; outlives this). Call before serving.
   void UseRemote(RemoteChecker* remote) { remote_ = remote; }
@@ -78,19 +78,19 @@ class PolicyService final : public toolgate::v1::Policy::CallbackService {
   void EndWaits();
 
  private:
-  // Validates the action and hashes its arguments (into `args` and `arguments_hash`).
-  absl::Status Validate(const toolgate::v1::Action& action, nlohmann::json* args,
-                        std::string* arguments_hash);
+  // Validates the action; `canonical` receives its arguments' canonical JSON, which their hash
+  // is taken of where one is needed (the record, a pending action).
+  absl::Status Validate(const toolgate::v1::Action& action, std::string* canonical);
   void CheckRemote(grpc::ServerUnaryReactor* reactor, const toolgate::v1::CheckRequest* request,
-                   toolgate::v1::CheckResponse* response, std::string arguments_hash);
+                   toolgate::v1::CheckResponse* response, std::string canonical);
   // Counts the decision, queues the check's audit record, and answers.
   void Answer(grpc::ServerUnaryReactor* reactor, const toolgate::v1::Action& action,
-              toolgate::v1::CheckResponse* response, const std::string& arguments_hash);
+              toolgate::v1::CheckResponse* response, std::string canonical);
   // What a check's record is built from, copied before the answer.
   struct Pending {
     toolgate::v1::Action action;  // without its arguments: only their hash is recorded
     toolgate::v1::CheckResponse answer;
-    std::string hash;
+    std::string canonical;  // the arguments, hashed on the spool's writer thread
   };
   // The `approval` event of a check (on the spool's writer thread).
   absl::Status BuildRecord(const Pending& pending, normalize::NormalizedEvent* out) const;

@@ -338,7 +338,57 @@ TEST(ArgumentsTest, Table) {
     const Action a = ToolCall("tool", c.arguments != nullptr ? &args : nullptr);
     EXPECT_EQ(set->Evaluate(a, nullptr, kNow).effect == Effect::kDeny, c.match)
         << c.predicate << " on " << (c.arguments ? c.arguments : "(no arguments)");
+    // The same arguments as text (as Policy.Check passes them), parsed when the predicate
+    // first looks: the same answer.
+    Action text = ToolCall("tool");
+    if (c.arguments != nullptr) text.arguments = ActionArguments::FromText(c.arguments);
+    EXPECT_EQ(set->Evaluate(text, nullptr, kNow).effect == Effect::kDeny, c.match)
+        << c.predicate << " on text " << (c.arguments ? c.arguments : "(no arguments)");
   }
+}
+
+TEST(ActionArgumentsTest, TextIsParsedOnlyWhenARuleLooksAtAnArgument) {
+  auto set = MustCompile(R"(
+rules:
+  - id: big-payment
+    effect: require_approval
+    match:
+      tool_name: send_payment
+      arguments:
+        - {pointer: /amount, ">": 1000}
+  - id: no-shell
+    effect: deny
+    match: {tool_name: "shell*"}
+)");
+  const std::string payment = R"({"amount": 1500})";
+  Action a = ToolCall("send_payment");
+  a.arguments = ActionArguments::FromText(payment);
+  EXPECT_EQ(set->Evaluate(a, nullptr, kNow).effect, Effect::kRequireApproval);
+  EXPECT_TRUE(a.arguments.parsed());
+  Action b = ToolCall("shell_exec");
+  b.arguments = ActionArguments::FromText(payment);
+  EXPECT_EQ(set->Evaluate(b, nullptr, kNow).effect, Effect::kDeny);
+  EXPECT_FALSE(b.arguments.parsed());  // no rule for this tool reads an argument
+  Action c = ToolCall("search");
+  c.arguments = ActionArguments::FromText(payment);
+  EXPECT_EQ(set->Evaluate(c, nullptr, kNow).effect, Effect::kAllow);
+  EXPECT_FALSE(c.arguments.parsed());
+}
+
+TEST(ActionArgumentsTest, ACopyParsesItsOwnAndBadTextReadsAsNone) {
+  const std::string text = R"({"a": [1, "two"]})";
+  auto original = std::make_unique<ActionArguments>(ActionArguments::FromText(text));
+  ASSERT_NE(original->get(), nullptr);
+  const ActionArguments copy = *original;
+  original.reset();  // the copy must not point into the original's parse
+  ASSERT_NE(copy.get(), nullptr);
+  EXPECT_EQ(*copy.get(), Json::parse(text));
+  const Json parsed = {{"x", 1}};
+  const ActionArguments given = &parsed;  // already parsed: used as is
+  EXPECT_EQ(given.get(), &parsed);
+  EXPECT_FALSE(given.parsed());
+  EXPECT_EQ(ActionArguments().get(), nullptr);
+  EXPECT_EQ(ActionArguments::FromText("{").get(), nullptr);
 }
 
 class FakeTools final : public ToolLookup {

@@ -8,6 +8,8 @@
 //     whose value AppendCanonical can serialize is accepted by CanonicalizeJson too, except for
 //     the documented stricter rules (duplicate keys, nesting limit, byte order mark) and inputs
 //     containing a NUL byte (nlohmann treats NUL as end of input and ignores what follows).
+//  4. Whatever CanonicalizeJson accepts, nlohmann accepts too: Policy.Check validates arguments
+//     with the canonicalizer alone, and the policy engine parses them with nlohmann later.
 //
 // Build and run (from the repository root; one command per line):
 //   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined
@@ -62,6 +64,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     return 0;
   }
+
+  if (!nlohmann::json::accept(input)) Fail("nlohmann rejects accepted input", input, *first);
 
   const absl::StatusOr<std::string> second = CanonicalizeJson(*first);
   if (!second.ok()) {

@@ -1,4 +1,5 @@
 """Approvals end to end: Check → REQUIRE_APPROVAL → a waiting agent → a human decides."""
+import hashlib
 import json
 import queue
 import threading
@@ -75,7 +76,10 @@ def test_approve_wakes_the_waiting_agent_at_once(daemon):
     assert [a["id"] for a in listed] == [r.pending_action_id]
     assert listed[0]["rule_id"] == "big-payment"
     assert ARG_MARKER not in json.dumps(listed)  # the arguments are not kept, only their hash
-    assert listed[0]["arguments_hash"]
+    # SHA-256 of the canonical arguments (RFC 8785: here, sorted keys and no spaces).
+    assert listed[0]["arguments_hash"] == hashlib.sha256(json.dumps(
+        {"amount": 5000, "memo": ARG_MARKER}, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     for f in daemon.data_dir.iterdir():
         assert ARG_MARKER.encode() not in f.read_bytes(), f
     decided_at = time.monotonic()

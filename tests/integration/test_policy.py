@@ -1,4 +1,5 @@
 """Policy decisions with the real daemon: Check, its audit event, hot reload, the CLI."""
+import hashlib
 import json
 import os
 import signal
@@ -87,6 +88,11 @@ def test_check_decides_explains_and_records(make_daemon, policy_file):
     assert ev["payload"]["decision"] == "deny" and ev["payload"]["ruleId"] == "deny-rm-rf"
     assert ev["payload"]["approverId"] == "toolgate-policy"
     assert ev["payload"]["policyRevision"] == "A"
+    # The hash is of the canonical arguments (RFC 8785: here, sorted keys and no spaces).
+    assert ev["payload"]["argumentsHash"] == hashlib.sha256(
+        b'{"command":"sudo rm  -rf /"}').hexdigest()
+    assert by_decision[approval.decision_id]["payload"]["argumentsHash"] == hashlib.sha256(
+        b'{"amount":1500}').hexdigest()
     assert "rm  -rf" not in json.dumps(exported)  # arguments are hashed, never stored
     r = subprocess.run([TOOLGATE_CLI, "verify", "-"], input=d.cli("export", "s-1").stdout,
                        text=True, capture_output=True)
