@@ -3,11 +3,11 @@
 #include <pthread.h>
 
 #include <deque>
-#include <nlohmann/json.hpp>
 
 #include "daemon/common/crypto.h"
 #include "daemon/common/log.h"
 #include "daemon/normalize/jcs.h"
+#include "daemon/normalize/normalizer.h"
 
 namespace toolgate::policy {
 
@@ -241,24 +241,31 @@ absl::Status PolicyService::BuildRecord(const Pending& p, normalize::NormalizedE
   at->set_target_system(a.target_system());
   at->set_initiator_type(a.initiator_type());
   at->set_initiator_id(a.initiator_id());
-  nlohmann::json payload = {
-      {"approverId", "toolgate-policy"},
-      {"scope", a.tool_name()},
-      {"decision", r.decision() == toolgate::v1::ALLOW  ? "allow"
-                   : r.decision() == toolgate::v1::DENY ? "deny"
-                                                        : "require_approval"},
-      {"reason", r.reason()},
-      {"decisionId", r.decision_id()},
-      {"argumentsHash", normalizer_->HashArguments(p.canonical)},
+  // The payload is written directly (the normalizer puts it in canonical form); the arguments'
+  // hash is taken here, off the request's thread.
+  std::string* payload = ev.mutable_generic()->mutable_payload_json();
+  payload->reserve(512 + r.reason().size());
+  payload->push_back('{');
+  bool first = true;
+  auto member = [&](std::string_view key, std::string_view value) {
+    normalize::AppendMember(payload, key, value, &first);
   };
-  if (!r.rule_id().empty()) payload["ruleId"] = r.rule_id();
-  if (!r.policy_revision().empty()) payload["policyRevision"] = r.policy_revision();
+  member("approverId", "toolgate-policy");
+  member("scope", a.tool_name());
+  member("decision", r.decision() == toolgate::v1::ALLOW  ? "allow"
+                     : r.decision() == toolgate::v1::DENY ? "deny"
+                                                          : "require_approval");
+  member("reason", r.reason());
+  member("decisionId", r.decision_id());
+  member("argumentsHash", normalizer_->HashArguments(p.canonical));
+  if (!r.rule_id().empty()) member("ruleId", r.rule_id());
+  if (!r.policy_revision().empty()) member("policyRevision", r.policy_revision());
   if (r.source() != toolgate::v1::LOCAL_RULE && r.source() != toolgate::v1::LOCAL_DEFAULT) {
-    payload["source"] = toolgate::v1::DecisionSource_Name(r.source());  // REMOTE, FAILED_OPEN…
+    member("source", toolgate::v1::DecisionSource_Name(r.source()));  // REMOTE, FAILED_OPEN…
   }
-  if (r.shadow()) payload["shadowDecision"] = toolgate::v1::Decision_Name(r.shadow_decision());
+  if (r.shadow()) member("shadowDecision", toolgate::v1::Decision_Name(r.shadow_decision()));
+  payload->push_back('}');
   ev.mutable_generic()->set_category("approval");
-  ev.mutable_generic()->set_payload_json(payload.dump());
   return normalizer_->Normalize(ev, "check", out);
 }
 

@@ -93,6 +93,12 @@ def test_check_decides_explains_and_records(make_daemon, policy_file):
         b'{"command":"sudo rm  -rf /"}').hexdigest()
     assert by_decision[approval.decision_id]["payload"]["argumentsHash"] == hashlib.sha256(
         b'{"amount":1500}').hexdigest()
+    assert sorted(ev["payload"]) == ["approverId", "argumentsHash", "decision", "decisionId",
+                                     "policyRevision", "reason", "ruleId", "scope"]
+    assert ev["payload"]["scope"] == "shell_exec" and ev["payload"]["reason"] == "recursive delete"
+    shadowed = by_decision[shadow.decision_id]["payload"]
+    assert shadowed["decision"] == "allow" and shadowed["shadowDecision"] == "DENY"
+    assert "source" not in shadowed  # said only when not the local rules (REMOTE, FAILED_…)
     assert "rm  -rf" not in json.dumps(exported)  # arguments are hashed, never stored
     r = subprocess.run([TOOLGATE_CLI, "verify", "-"], input=d.cli("export", "s-1").stdout,
                        text=True, capture_output=True)
