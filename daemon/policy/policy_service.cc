@@ -92,9 +92,17 @@ absl::Status PolicyService::Decide(const toolgate::v1::Action& a, CheckResponse*
     return absl::OkStatus();
   }
   const std::shared_ptr<const ToolLookup> tools = tools_of_ ? tools_of_(a.agent_id()) : nullptr;
-  Action action{a.agent_id(),       a.session_id(),   a.tool_name(),
-                a.tool_type(),      a.operation(),    a.target_system(),
-                a.initiator_type(), a.initiator_id(), ActionArguments::FromText(a.arguments_json()),
+  // Absent arguments are an empty object (so `pointer: ""` exists), as the hash takes them.
+  Action action{a.agent_id(),
+                a.session_id(),
+                a.tool_name(),
+                a.tool_type(),
+                a.operation(),
+                a.target_system(),
+                a.initiator_type(),
+                a.initiator_id(),
+                ActionArguments::FromText(a.arguments_json().empty() ? std::string_view("{}")
+                                                                     : a.arguments_json()),
                 tools.get()};
   const Decision d = rules->Evaluate(action, &rate_state_, clock_->Now());
   response->set_decision(ToProto(d.effect));
