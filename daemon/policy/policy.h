@@ -78,11 +78,11 @@ class ActionArguments {
   // The parsed arguments; null when there are none.
   const nlohmann::json* get() const {
     if (!resolved_) {
-      resolved_ = true;
       if (!text_.empty()) {
         storage_ = nlohmann::json::parse(text_, nullptr, /*allow_exceptions=*/false);
         parsed_ = storage_.is_discarded() ? nullptr : &storage_;
       }
+      resolved_ = true;  // after the parse: one that threw (bad_alloc) is tried again
     }
     return parsed_;
   }

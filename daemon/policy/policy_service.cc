@@ -63,7 +63,8 @@ absl::Status PolicyService::Validate(const toolgate::v1::Action& a, std::string*
   }
   // Canonical form is both the validation and what the hash is taken of; the rules parse the
   // text only if one of them looks at an argument, and the hash is taken off this thread.
-  auto c = normalize::CanonicalizeJson(a.arguments_json().empty() ? "{}" : a.arguments_json());
+  auto c = normalize::CanonicalizeJson(a.arguments_json().empty() ? std::string_view("{}")
+                                                                  : a.arguments_json());
   if (!c.ok()) {
     return invalid("arguments_json", "must be JSON: " + std::string(c.status().message()));
   }

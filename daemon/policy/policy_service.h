@@ -8,7 +8,7 @@
 // toolgate_check_audit_failures_total rather than turning an answer into an error.
 //
 // In remote mode (UseRemote) the decision comes from the upstream through RemoteChecker: the
-// gRPC thread validates and hashes, the answer is finished from the HTTP client's thread (or at
+// gRPC thread validates, the answer is finished from the HTTP client's thread (or at
 // once from the cache or an open breaker) — no thread waits on the network. The answer's
 // `source` says REMOTE, REMOTE_CACHE, FAILED_OPEN or FAILED_CLOSED.
 //

@@ -37,6 +37,13 @@ rules:
     reason: would block e-mail
     match:
       tool_name: send_email
+  - id: arguments-object
+    effect: deny
+    reason: the arguments are a JSON object
+    match:
+      tool_name: root_probe
+      arguments:
+        - {pointer: "", exists: true}
 """
 
 POLICY_B = POLICY_A.replace('revision: "A"', 'revision: "B"')
@@ -104,6 +111,12 @@ def test_check_decides_explains_and_records(make_daemon, policy_file):
                        text=True, capture_output=True)
     assert r.returncode == 0, r.stdout
     assert d.status().policy_revision == "A"
+
+
+def test_absent_arguments_are_an_empty_object_to_the_rules(make_daemon, policy_file):
+    d = make_daemon(args=["--set", f"policy.file={policy_file}"]).start()
+    r = check(d, policy_pb2.Action(agent_id="a", session_id="s", tool_name="root_probe"))
+    assert r.decision == policy_pb2.DENY and r.rule_id == "arguments-object"
 
 
 def test_a_check_is_chained_before_what_the_agent_records_after_its_answer(make_daemon,
@@ -211,7 +224,7 @@ def test_file_change_and_sighup_reload(make_daemon, policy_file):
 def test_policy_lint_and_test_cli(tmp_path, policy_file):
     ok = subprocess.run([TOOLGATE_CLI, "policy", "lint", str(policy_file)], capture_output=True,
                         text=True)
-    assert ok.returncode == 0 and "OK: 3 rule(s), revision A" in ok.stdout
+    assert ok.returncode == 0 and "OK: 4 rule(s), revision A" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("default: allow\nrules:\n  - id: r1\n    effect: deny\n    match:\n"
                    "      tool_nme: x\n")
