@@ -275,7 +275,11 @@ absl::Status PolicyService::BuildRecord(const Pending& p, normalize::NormalizedE
   if (r.shadow()) member("shadowDecision", toolgate::v1::Decision_Name(r.shadow_decision()));
   payload->push_back('}');
   ev.mutable_generic()->set_category("approval");
-  return normalizer_->Normalize(ev, "check", out);
+  absl::Status s = normalizer_->Normalize(ev, "check", out);
+  // The id is the daemon's own, minted for this record, which nobody sends again: nothing for
+  // the spool's window of recent client ids to remember (and persist) for deduplication.
+  out->id_from_client = false;
+  return s;
 }
 
 // One WaitForDecision call. The guardian's waiter and the heartbeat thread reach the reactor

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -134,6 +135,13 @@ def test_a_check_is_chained_before_what_the_agent_records_after_its_answer(make_
     exported = [json.loads(l) for l in d.cli("export", "s-order").stdout.splitlines()]
     kinds = ["check" if e["category"] == "approval" else "tool" for e in exported]
     assert kinds == ["check", "tool"] * 50
+    # Only the agent's own ids are remembered for recognising resends; a check's event id is
+    # the daemon's, and nobody sends it again.
+    d.stop()
+    db = sqlite3.connect(str(d.data_dir / "spool.db"))
+    remembered = db.execute("SELECT coalesce(sum(length(ids)), 0) / 16 FROM recent_ids").fetchone()
+    db.close()
+    assert remembered[0] == 50
 
 
 def test_check_without_a_policy_allows_and_bad_requests_are_refused(make_daemon):
