@@ -1,6 +1,7 @@
 #include "daemon/spool/spool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/statvfs.h>
 
 #include <algorithm>
@@ -460,6 +461,7 @@ void Spool::BuildDeferred(std::vector<Op>* batch) {
       ++it;
       continue;
     }
+    MaybeYield();
     const absl::Status s = it->build(&it->events);
     it->build = nullptr;
     uint64_t bytes = 0;
@@ -476,6 +478,15 @@ void Spool::BuildDeferred(std::vector<Op>* batch) {
     it->done(s);
     it = batch->erase(it);
   }
+}
+
+void Spool::MaybeYield() {
+  if (!background_batch_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_yield_ < kYieldEvery) return;
+  sched_yield();
+  writer_yields_.fetch_add(1, std::memory_order_relaxed);
+  last_yield_ = std::chrono::steady_clock::now();
 }
 
 void Spool::Ack(std::vector<EventRef> refs) {
@@ -523,6 +534,7 @@ Stats Spool::stats() const {
   s.evicted = evicted_.load();
   s.rejected_full = rejected_full_.load();
   s.deduplicated = deduplicated_.load();
+  s.writer_yields = writer_yields_.load();
   s.damaged_events = damaged_events_.load();
   s.corrupt_moved = corrupt_moved_;
   s.disk_full = disk_full_.load();
@@ -707,6 +719,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
   std::string recent_keys;  // ids remembered by this commit, to persist with it
   uint32_t chunk_events = 0;
   for (Op& op : ops) {
+    MaybeYield();
     switch (op.kind) {
       case Op::kAppend: {
         // The appends of one group commit share chunks of up to kChunkBytes: few rows however
@@ -808,6 +821,7 @@ absl::Status Spool::ApplyBatch(std::vector<Op>& ops) {
   }
   if (absl::Status s = PersistRecentIds(recent_keys); !s.ok()) return s;
   for (auto& [session, h] : heads) {
+    MaybeYield();
     h.hash = *chainer_.Head(session);
     bind_text(head.get(), 1, session);
     bind_text(head.get(), 2, h.agent_id);
@@ -847,6 +861,9 @@ void Spool::WriterLoop() {
         if (!batch.back().lazy) --urgent_ops_;
       }
     }
+    background_batch_ =
+        std::all_of(batch.begin(), batch.end(), [](const Op& op) { return op.lazy; });
+    last_yield_ = std::chrono::steady_clock::now();
     BuildDeferred(&batch);
     uint64_t batch_bytes = 0;
     for (const Op& op : batch) batch_bytes += op.bytes;

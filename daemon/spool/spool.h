@@ -118,6 +118,7 @@ struct Stats {
   uint64_t evicted = 0;
   uint64_t rejected_full = 0;
   uint64_t deduplicated = 0;    // resent events recognised by eventId and not stored again
+  uint64_t writer_yields = 0;   // times the writer gave the CPU back during a lazy-only batch
   uint64_t damaged_events = 0;  // events of damaged chunks set aside (unreadable, not shipped)
   uint64_t corrupt_moved = 0;   // 1 when an unreadable file was moved aside at open (recovery.h)
   bool disk_full = false;       // the last commit with appends failed for a full disk
@@ -174,6 +175,12 @@ class Spool {
   // keeps a stream of tiny records from costing one commit (and fsync) each.
   void Append(std::vector<normalize::NormalizedEvent> events, AppendDone done, bool lazy = false);
   static constexpr std::chrono::milliseconds kLazyCommitDelay{20};
+  // While the writer builds and chains a batch of lazy appends only (nobody waits for that
+  // commit), it gives the CPU back (sched_yield) after each kYieldEvery of work: a burst of
+  // ~100 check records is a millisecond of CPU, which would otherwise hold one of the host's
+  // cores while the request threads that answer checks wait for it. Measured in
+  // docs/performance.md ("The writer's burst").
+  static constexpr std::chrono::microseconds kYieldEvery{50};
 
   // A lazy append whose events are built later, on the writer thread, just before they are
   // chained: the caller's place in the queue (and so in its sessions' chains) is taken now,
@@ -230,6 +237,9 @@ class Spool {
   bool Admit(uint64_t bytes, size_t events, const AppendDone& done);
   // Builds the deferred appends of `batch` in place; those that fail leave the batch.
   void BuildDeferred(std::vector<Op>* batch);
+  // On the writer, between two pieces of a batch's work: yields once kYieldEvery has passed
+  // since the batch began or the last yield, when the batch is background work.
+  void MaybeYield();
   void WriterLoop();
   absl::Status ApplyBatch(std::vector<Op>& ops);
   // One transaction for `ops`; rolled back (counters and chain heads restored) on failure.
@@ -274,7 +284,7 @@ class Spool {
   std::atomic<uint64_t> stored_events_{0}, stored_bytes_{0}, queue_depth_{0}, queue_bytes_{0};
   std::atomic<uint64_t> dead_letters_{0}, commits_{0}, appended_{0}, evicted_{0};
   std::atomic<uint64_t> rejected_full_{0}, pending_bytes_{0}, deduplicated_{0};
-  std::atomic<uint64_t> damaged_events_{0};
+  std::atomic<uint64_t> damaged_events_{0}, writer_yields_{0};
   std::atomic<bool> failed_{false};
   std::atomic<bool> disk_full_{false};  // written by the writer thread
   std::string failure_;                 // writer thread; copied under mu_ into failure_copy_
@@ -282,6 +292,8 @@ class Spool {
   int64_t last_age_eviction_ms_ = 0;    // writer thread only
   uint64_t persisted_ids_ = 0;          // ids in the recent_ids table; writer thread only
   uint64_t corrupt_moved_ = 0;          // set in Open, before the writer starts
+  bool background_batch_ = false;       // the batch in hand is lazy ops only; writer thread only
+  std::chrono::steady_clock::time_point last_yield_{};  // writer thread only
 
   std::thread writer_;
 };

@@ -477,6 +477,64 @@ TEST_F(SpoolTest, ADeferredAppendTakesItsPlaceWhenQueuedAndIsBuiltOnTheWriter) {
   EXPECT_FALSE(ran);
 }
 
+TEST_F(SpoolTest, TheWriterYieldsDuringBatchesNobodyWaitsForAndOnlyThen) {
+  auto s = Open(false);
+  // The writer is held after a commit while the next batch is queued, so that each batch
+  // holds exactly what the test queued.
+  std::atomic<bool> hold{false};
+  std::promise<void> held;
+  std::shared_future<void> release;
+  s->SetCommitListener([&] {
+    if (!hold.exchange(false)) return;
+    held.set_value();
+    release.wait();
+  });
+  auto hold_writer = [&](std::promise<void>* go) {
+    held = std::promise<void>();
+    release = go->get_future().share();
+    hold = true;
+    ASSERT_TRUE(AppendSync(s.get(), {Ev("hold", 0)}).ok());
+    held.get_future().wait();
+  };
+  // Builds that take 200 µs of CPU each: the writer gives the CPU back between them.
+  auto queue_slow_builds = [&](std::vector<std::promise<absl::Status>>* done) {
+    for (size_t i = 0; i < done->size(); ++i) {
+      s->AppendDeferred(
+          [i](std::vector<normalize::NormalizedEvent>* out) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            out->push_back(Ev("slow", static_cast<int>(i)));
+            return absl::OkStatus();
+          },
+          600, [done, i](const absl::Status& st) { (*done)[i].set_value(st); });
+    }
+  };
+
+  std::promise<void> go1;
+  hold_writer(&go1);
+  std::vector<std::promise<absl::Status>> lazy(10);
+  queue_slow_builds(&lazy);
+  const uint64_t before = s->stats().writer_yields;
+  go1.set_value();
+  for (auto& d : lazy) ASSERT_TRUE(d.get_future().get().ok());
+  const uint64_t after_lazy = s->stats().writer_yields;
+  EXPECT_GE(after_lazy - before, 9u);  // before each build after the first, at least
+
+  // The same work with an urgent append in its batch (a client waits for it): no yield.
+  std::promise<void> go2;
+  hold_writer(&go2);
+  std::vector<std::promise<absl::Status>> mixed(10);
+  queue_slow_builds(&mixed);
+  std::promise<absl::Status> urgent;
+  s->Append({Ev("urgent", 0)}, [&](const absl::Status& st) { urgent.set_value(st); });
+  go2.set_value();
+  ASSERT_TRUE(urgent.get_future().get().ok());
+  for (auto& d : mixed) ASSERT_TRUE(d.get_future().get().ok());
+  EXPECT_EQ(s->stats().writer_yields, after_lazy);
+  EXPECT_EQ(ReadAll(s.get()).size(), 23u);
+}
+
 TEST_F(SpoolTest, ConcurrentAppendsAllCommitInPerSessionOrder) {
   auto s = Open(false);
   std::vector<std::thread> threads;
