@@ -479,22 +479,14 @@ TEST_F(SpoolTest, ADeferredAppendTakesItsPlaceWhenQueuedAndIsBuiltOnTheWriter) {
 
 TEST_F(SpoolTest, TheWriterYieldsDuringBatchesNobodyWaitsForAndOnlyThen) {
   auto s = Open(false);
-  // The writer is held after a commit while the next batch is queued, so that each batch
-  // holds exactly what the test queued.
-  std::atomic<bool> hold{false};
-  std::promise<void> held;
-  std::shared_future<void> release;
-  s->SetCommitListener([&] {
-    if (!hold.exchange(false)) return;
-    held.set_value();
-    release.wait();
-  });
-  auto hold_writer = [&](std::promise<void>* go) {
-    held = std::promise<void>();
-    release = go->get_future().share();
-    hold = true;
-    ASSERT_TRUE(AppendSync(s.get(), {Ev("hold", 0)}).ok());
-    held.get_future().wait();
+  // The writer is held in the callback of an append (callbacks run on the writer thread)
+  // while the next batch is queued, so that each batch holds exactly what the test queued.
+  auto hold_writer = [&](std::promise<void>* held, std::shared_future<void> release) {
+    s->Append({Ev("hold", 0)}, [held, release](const absl::Status&) {
+      held->set_value();
+      release.wait();
+    });
+    held->get_future().wait();
   };
   // Builds that take 200 µs of CPU each: the writer gives the CPU back between them.
   auto queue_slow_builds = [&](std::vector<std::promise<absl::Status>>* done) {
@@ -511,8 +503,8 @@ TEST_F(SpoolTest, TheWriterYieldsDuringBatchesNobodyWaitsForAndOnlyThen) {
     }
   };
 
-  std::promise<void> go1;
-  hold_writer(&go1);
+  std::promise<void> held1, go1;
+  hold_writer(&held1, go1.get_future().share());
   std::vector<std::promise<absl::Status>> lazy(10);
   queue_slow_builds(&lazy);
   const uint64_t before = s->stats().writer_yields;
@@ -522,8 +514,8 @@ TEST_F(SpoolTest, TheWriterYieldsDuringBatchesNobodyWaitsForAndOnlyThen) {
   EXPECT_GE(after_lazy - before, 9u);  // before each build after the first, at least
 
   // The same work with an urgent append in its batch (a client waits for it): no yield.
-  std::promise<void> go2;
-  hold_writer(&go2);
+  std::promise<void> held2, go2;
+  hold_writer(&held2, go2.get_future().share());
   std::vector<std::promise<absl::Status>> mixed(10);
   queue_slow_builds(&mixed);
   std::promise<absl::Status> urgent;
