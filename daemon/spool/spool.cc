@@ -20,6 +20,8 @@ namespace {
 
 // Appends are gathered into chunks of about this size (one request may exceed it).
 constexpr size_t kChunkBytes = 256 << 10;
+// Expired chunks deleted by one commit at most (up to 64 MiB): a backlog is spread over commits.
+constexpr int kAgeEvictionsPerCommit = 256;
 
 int64_t Millis(SystemTime t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
@@ -555,19 +557,30 @@ absl::Status Spool::Evict() {
   if (!options_.standalone) return absl::OkStatus();
   const int64_t now = Millis(clock_->Now());
   const uint64_t max_bytes = options_.limits.retention_max_bytes;
-  // Age: checked at most once a second.
+  // Age: checked at most once a second, from the oldest chunk on. Chunks are stored in time
+  // order, so the expired ones are the oldest: each step reads one row. (A `created_ms <` scan
+  // read every chunk of the retention, overflow pages and all, since the column follows the
+  // body: up to retention_max_bytes of page reads each second.) A clock stepped back can only
+  // make an expired chunk wait behind an older one that is not, never go early.
   if (now - last_age_eviction_ms_ >= 1000) {
-    last_age_eviction_ms_ = now;
     const int64_t cutoff = now - options_.limits.retention_max_age.count();
-    Stmt s(db_, "DELETE FROM chunks WHERE created_ms < ?1 RETURNING length(body), count");
+    Stmt s(db_,
+           "DELETE FROM chunks WHERE seq = (SELECT min(seq) FROM chunks) AND created_ms < ?1 "
+           "RETURNING length(body), count");
     sqlite3_bind_int64(s.get(), 1, cutoff);
-    int rc;
-    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    int n = 0;
+    for (; n < kAgeEvictionsPerCommit; ++n) {
+      sqlite3_reset(s.get());
+      const int rc = sqlite3_step(s.get());
+      if (rc == SQLITE_DONE) break;  // the oldest chunk is young enough, or there is none
+      if (rc != SQLITE_ROW) return SqlError(db_, "evict by age");
       stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
       stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
       evicted_ += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
+      if (sqlite3_step(s.get()) != SQLITE_DONE) return SqlError(db_, "evict by age");
     }
-    if (rc != SQLITE_DONE) return SqlError(db_, "evict by age");
+    // A long backlog (a daemon started after days off) goes on with the next commit.
+    if (n < kAgeEvictionsPerCommit) last_age_eviction_ms_ = now;
   }
   if (stored_bytes_.load() <= max_bytes) return absl::OkStatus();
   // Size: drop the oldest events, in chunks, until under the limit.

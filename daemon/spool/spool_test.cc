@@ -384,6 +384,50 @@ TEST_F(SpoolTest, StandaloneRetentionEvictsOldest) {
   EXPECT_NE(rows.back().body.find("\"i\":199"), std::string::npos);
 }
 
+TEST_F(SpoolTest, StandaloneRetentionEvictsByAgeOldestFirstAndNeverEarly) {
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = true;
+  o.limits.retention_max_age = std::chrono::hours(1);
+  auto opened = Spool::Open(o, &clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  auto stored = [&] {
+    std::vector<int> is;
+    for (const auto& r : ReadAll(s.get()))
+      is.push_back(nlohmann::json::parse(r.body)["payload"]["i"]);
+    return is;
+  };
+  using std::chrono::minutes;
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 0)}).ok());  // t0
+  clock_.Advance(minutes(30));
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());  // t0+30
+  clock_.Advance(minutes(31));
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 2)}).ok());  // t0+61: its commit evicts 0 only
+  EXPECT_EQ(stored(), (std::vector<int>{1, 2}));
+  EXPECT_EQ(s->stats().evicted, 1u);
+  // The clock steps back two hours: chunk 3 is stamped before chunks 1 and 2.
+  clock_.Advance(-minutes(120));
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 3)}).ok());  // t0-59
+  clock_.Advance(minutes(154));                         // t0+95: 1 (and 3) expired, 2 not
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 4)}).ok());
+  EXPECT_EQ(stored(), (std::vector<int>{2, 3, 4}));  // 3 waits behind 2, which is not due
+  clock_.Advance(minutes(30));                       // t0+125: 2 expired, then 3
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 5)}).ok());
+  EXPECT_EQ(stored(), (std::vector<int>{4, 5}));
+  EXPECT_EQ(s->stats().evicted, 4u);
+  EXPECT_EQ(s->stats().stored_events, 2u);
+
+  // A backlog longer than one commit's share is evicted over the next commits.
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(AppendSync(s.get(), {Ev("b", i)}).ok());
+  clock_.Advance(minutes(61));
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("c", 0)}).ok());
+  EXPECT_EQ(s->stats().evicted, 4u + 256u);
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("c", 1)}).ok());  // within the same second
+  EXPECT_EQ(s->stats().evicted, 4u + 302u);
+  EXPECT_EQ(s->stats().stored_events, 2u);
+}
+
 TEST_F(SpoolTest, ChunkIsDeletedOnlyWhenAllItsEventsAreDone) {
   auto s = Open(false);
   ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1), Ev("a", 2)}).ok());
