@@ -557,6 +557,20 @@ absl::Status Spool::Evict() {
   if (!options_.standalone) return absl::OkStatus();
   const int64_t now = Millis(clock_->Now());
   const uint64_t max_bytes = options_.limits.retention_max_bytes;
+  // Runs one `DELETE FROM chunks ... RETURNING length(body), count` and forgets what it
+  // deleted; *deleted gets the number of chunks. False on an SQLite error.
+  auto delete_chunks = [this](sqlite3_stmt* st, int* deleted) {
+    sqlite3_reset(st);
+    *deleted = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(st, 0));
+      stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(st, 1));
+      evicted_ += static_cast<uint64_t>(sqlite3_column_int64(st, 1));
+      ++*deleted;
+    }
+    return rc == SQLITE_DONE;
+  };
   // Age: checked at most once a second, from the oldest chunk on. Chunks are stored in time
   // order, so the expired ones are the oldest: each step reads one row. (A `created_ms <` scan
   // read every chunk of the retention, overflow pages and all, since the column follows the
@@ -569,15 +583,8 @@ absl::Status Spool::Evict() {
            "RETURNING length(body), count");
     sqlite3_bind_int64(s.get(), 1, cutoff);
     int n = 0;
-    for (; n < kAgeEvictionsPerCommit; ++n) {
-      sqlite3_reset(s.get());
-      const int rc = sqlite3_step(s.get());
-      if (rc == SQLITE_DONE) break;  // the oldest chunk is young enough, or there is none
-      if (rc != SQLITE_ROW) return SqlError(db_, "evict by age");
-      stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
-      stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
-      evicted_ += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
-      if (sqlite3_step(s.get()) != SQLITE_DONE) return SqlError(db_, "evict by age");
+    for (int deleted = 1; deleted > 0 && n < kAgeEvictionsPerCommit; n += deleted) {
+      if (!delete_chunks(s.get(), &deleted)) return SqlError(db_, "evict by age");
     }
     // A long backlog (a daemon started after days off) goes on with the next commit.
     if (n < kAgeEvictionsPerCommit) last_age_eviction_ms_ = now;
@@ -587,17 +594,9 @@ absl::Status Spool::Evict() {
   Stmt s(db_,
          "DELETE FROM chunks WHERE seq IN (SELECT seq FROM chunks ORDER BY seq LIMIT 64) "
          "RETURNING length(body), count");
-  while (stored_bytes_.load() > max_bytes) {
-    sqlite3_reset(s.get());
-    int rc, n = 0;
-    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
-      stored_bytes_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
-      stored_events_ -= static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
-      evicted_ += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
-      ++n;
-    }
-    if (rc != SQLITE_DONE) return SqlError(db_, "evict by size");
-    if (n == 0) break;
+  int deleted = 1;
+  while (stored_bytes_.load() > max_bytes && deleted > 0) {
+    if (!delete_chunks(s.get(), &deleted)) return SqlError(db_, "evict by size");
   }
   return absl::OkStatus();
 }
@@ -866,16 +865,18 @@ void Spool::WriterLoop() {
       }
       if (ops_.empty() && closing_) break;
       size_t events = 0;
+      background_batch_ = true;
       while (!ops_.empty() && (batch.empty() || events < options_.limits.commit_max_events)) {
         const Op& next = ops_.front();
         events += (next.build ? 1 : next.events.size()) + next.refs.size();
         batch.push_back(std::move(ops_.front()));
         ops_.pop_front();
-        if (!batch.back().lazy) --urgent_ops_;
+        if (!batch.back().lazy) {
+          --urgent_ops_;
+          background_batch_ = false;  // somebody waits for this commit
+        }
       }
     }
-    background_batch_ =
-        std::all_of(batch.begin(), batch.end(), [](const Op& op) { return op.lazy; });
     last_yield_ = std::chrono::steady_clock::now();
     BuildDeferred(&batch);
     uint64_t batch_bytes = 0;
