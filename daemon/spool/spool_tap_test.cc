@@ -137,7 +137,7 @@ TEST_F(SpoolTapTest, HandsOverCommittedEventsAsStoredWithTheirChainInOrder) {
 }
 
 TEST_F(SpoolTapTest, RefusedCommitsAndRetriedDeadLettersAreNotTapped) {
-  auto s = Open(/*max_pages=*/24);  // 1.5 MiB of 64 KiB pages: "the disk"
+  auto s = Open(/*max_pages=*/(3 << 19) / Spool::kPageSize);  // 1.5 MiB: "the disk"
   ASSERT_TRUE(AppendSync(s.get(), {Ev("a", "s", 0)}).ok());
   auto first = ReadAll(s.get());
   ASSERT_EQ(first.size(), 1u);

@@ -267,11 +267,52 @@ TEST_F(SpoolTest, IdsTheDaemonDrewAreNotLookedUp) {
   EXPECT_EQ(ReadAll(s.get()).size(), 2u);
 }
 
+// A new spool is made with kPageSize pages; one made by an older version keeps its 64 KiB
+// pages. Either way the write-ahead log is checkpointed at kWalBoundBytes, not at a page count.
+TEST_F(SpoolTest, NewSpoolsTakeSmallPagesOldOnesKeepTheirsAndTheLogIsBoundedInBytes) {
+  for (const int existing_page : {0, 65536}) {
+    SCOPED_TRACE(existing_page);
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    const std::string path = (dir_ / "spool.db").string();
+    if (existing_page != 0) {  // as an older toolgated left it
+      sqlite3* db = nullptr;
+      ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+      const std::string sql = "PRAGMA page_size=" + std::to_string(existing_page) +
+                              "; PRAGMA journal_mode=WAL; CREATE TABLE older(x);";
+      ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+      sqlite3_close(db);
+    }
+    uintmax_t wal_max = 0;
+    {
+      auto s = Open(false);
+      for (int b = 0; b < 50; ++b) {  // 40 MiB of events, 800 KB per commit
+        std::vector<normalize::NormalizedEvent> evs;
+        for (int i = 0; i < 100; ++i) evs.push_back(Ev("a", b * 100 + i, 8000));
+        ASSERT_TRUE(AppendSync(s.get(), std::move(evs)).ok());
+        wal_max = std::max(wal_max, std::filesystem::file_size(path + "-wal"));
+      }
+    }
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    EXPECT_EQ(static_cast<uint64_t>(sqlite3_column_int64(st, 0)),
+              existing_page != 0 ? uint64_t(existing_page) : Spool::kPageSize);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    // The log reaches its bound (then starts again from its beginning), plus one commit at most.
+    EXPECT_GE(wal_max, Spool::kWalBoundBytes);
+    EXPECT_LE(wal_max, Spool::kWalBoundBytes + (2 << 20));
+  }
+}
+
 TEST_F(SpoolTest, EventsOfARefusedCommitAreNotTakenForResendsWhenRetried) {
   SpoolOptions o;
   o.path = (dir_ / "spool.db").string();
   o.standalone = false;
-  o.max_pages = 24;  // 1.5 MiB: "the disk"
+  o.max_pages = (3 << 19) / Spool::kPageSize;  // 1.5 MiB: "the disk"
   auto opened = Spool::Open(o, &clock_);
   ASSERT_TRUE(opened.ok()) << opened.status();
   auto s = std::move(*opened);
@@ -303,7 +344,7 @@ TEST_F(SpoolTest, FullDiskRefusesAppendsButKeepsAcksUntilTheyFreeSpace) {
   o.path = (dir_ / "spool.db").string();
   o.standalone = false;
   o.limits.retry_after = std::chrono::milliseconds(250);
-  o.max_pages = 24;  // 1.5 MiB of 64 KiB pages: "the disk"
+  o.max_pages = (3 << 19) / Spool::kPageSize;  // 1.5 MiB: "the disk"
   auto opened = Spool::Open(o, &clock_);
   ASSERT_TRUE(opened.ok()) << opened.status();
   auto s = std::move(*opened);
