@@ -1,5 +1,6 @@
 """Remote and synced policies, the circuit breaker, failure modes, upstream approvals, and
 Guardian.WatchPending — the real daemon against the fake upstream."""
+import hashlib
 import json
 import os
 import subprocess
@@ -112,6 +113,8 @@ def test_remote_require_approval_is_decided_upstream(make_daemon, upstream):
     pending = guardian_pb2_grpc.GuardianStub(d.channel()).ListPending(
         guardian_pb2.ListPendingRequest(), timeout=5).actions
     assert [(a.id, a.upstream_id) for a in pending] == [(r.pending_action_id, upstream_ids[0])]
+    # Held locally with the hash of the canonical arguments, as a local rule's action is.
+    assert pending[0].arguments_hash == hashlib.sha256(b'{"sql":"select 1"}').hexdigest()
 
     updates = []
 
