@@ -7,6 +7,8 @@
 //     decisions that agree with the rules they name: a deciding rule is not a shadow and has the
 //     decision's effect and id; a reported shadow rule is a shadow with the reported effect.
 //  3. Evaluate without a RateState is deterministic (two calls give the same decision).
+//  4. Arguments handed over as text (parsed only if a rule looks at them, as Check does) decide
+//     as the same arguments parsed beforehand.
 //
 // Build and run (from the repository root; one command per line; -fsanitize=fuzzer-no-link for
 // the library objects works too):
@@ -90,6 +92,11 @@ const nlohmann::json& Arguments() {
   return *args;
 }
 
+const std::string& ArgumentsText() {
+  static const std::string* text = new std::string(Arguments().dump());
+  return *text;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -128,6 +135,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CheckDecision(rules, d1, input);
     if (d1.rule != d2.rule || d1.effect != d2.effect || d1.shadow_rule != d2.shadow_rule) {
       Fail("evaluation is not deterministic", input, d1.rule_id);
+    }
+    if (a.arguments.get() != nullptr) {
+      Action from_text = a;
+      from_text.arguments = toolgate::policy::ActionArguments::FromText(ArgumentsText());
+      const Decision d3 = rules.Evaluate(from_text, nullptr, now);
+      if (d1.rule != d3.rule || d1.effect != d3.effect || d1.shadow_rule != d3.shadow_rule) {
+        Fail("arguments as text decide differently", input, d1.rule_id);
+      }
     }
     for (int i = 0; i < 3; ++i) {
       now += std::chrono::seconds(20);
