@@ -589,10 +589,10 @@ absl::Status Daemon::Start() {
       d.policy_sync = std::make_unique<policy::PolicySync>(
           cfg.policy, cfg.data_dir, d.policies.get(), d.upstream_api.get(), cfg.upstream.timeout);
     }
-    if (cfg.guardian.poll_interval.count() > 0) {
-      d.guardian_poller = std::make_unique<guardian::UpstreamPoller>(
-          d.guardian.get(), d.upstream_api.get(), cfg.guardian.poll_interval, cfg.upstream.timeout);
-    }
+    // Always made with an upstream: besides polling (not with poll_interval 0), it forwards the
+    // decisions made here on the upstream's pending actions.
+    d.guardian_poller = std::make_unique<guardian::UpstreamPoller>(
+        d.guardian.get(), d.upstream_api.get(), cfg.guardian.poll_interval, cfg.upstream.timeout);
   }
   if (!cfg.notifier.endpoint_list.empty()) {
     auto n =

@@ -66,6 +66,7 @@ def test_breaker_opens_after_three_failures_and_fails_closed(make_daemon, upstre
         assert "HTTP 503" in r.reason and "failing closed" in r.reason
     assert len(policy_checks(upstream)) == 3
     assert d.status().breaker_state == "open"
+    assert "remote policy breaker: open" in d.cli("status").stdout
     started = time.monotonic()
     r = check(d)
     assert time.monotonic() - started < 0.5  # an open breaker answers at once
@@ -141,6 +142,22 @@ def test_remote_require_approval_is_decided_upstream(make_daemon, upstream):
                what="the rejection forwarded upstream")
     assert upstream.pending_actions()[up2]["decisionReason"] == "not today"
 
+
+
+def test_local_decisions_are_forwarded_upstream_even_with_polling_off(make_daemon, upstream):
+    upstream.policy_verdict("REQUIRE_APPROVAL", "payments need a human",
+                            predicate=lambda b: b.get("operation") == "pay")
+    d = remote_daemon(make_daemon, upstream, "guardian.poll_interval=0")
+    r = check(d, operation="pay", tool="send_payment")
+    assert r.decision == policy_pb2.REQUIRE_APPROVAL and r.pending_action_id
+    [up] = list(upstream.pending_actions())
+    d.cli("approve", r.pending_action_id, "--reason", "checked by hand")
+    wait_until(lambda: upstream.pending_actions()[up]["status"] == "approved",
+               what="the approval forwarded upstream")
+    assert upstream.pending_actions()[up]["decisionReason"] == "checked by hand"
+    # Polling off: the upstream's decision list is never asked for.
+    assert not any(q["path"].startswith("/v1/guardian/pending-actions?")
+                   for q in upstream.requests())
 
 SYNCED = [
     {"id": "pol-1", "name": "prod safety", "status": "active", "default": "allow",
