@@ -75,16 +75,18 @@ InboundResponse InboundWebhooks::ApplyDecision(const std::string& id, bool appro
                                                const std::string& approver) {
   const json ignored = {{"status", "ignored"}, {"reason", "unknown pending action"}};
   if (guardian_ == nullptr) return Result(202, ignored);
-  // toolgate's id, or the upstream's id of an action it created (remote policy mode).
+  // toolgate's id, or the upstream's id of an action it created (remote policy mode) — decided
+  // ones included, so that a retried webhook naming the upstream's id is told so too.
   auto found = guardian_->Get(id);
-  if (absl::IsNotFound(found.status())) {
-    auto pending = guardian_->List(toolgate::v1::PENDING, 10000);
-    if (pending.ok()) {
-      for (auto& a : *pending) {
-        if (!a.upstream_id().empty() && a.upstream_id() == id) {
-          found = std::move(a);
-          break;
-        }
+  for (const auto status : {toolgate::v1::PENDING, toolgate::v1::APPROVED, toolgate::v1::REJECTED,
+                            toolgate::v1::EXPIRED}) {
+    if (!absl::IsNotFound(found.status())) break;
+    auto listed = guardian_->List(status, 10000);
+    if (!listed.ok()) continue;
+    for (auto& a : *listed) {
+      if (!a.upstream_id().empty() && a.upstream_id() == id) {
+        found = std::move(a);
+        break;
       }
     }
   }

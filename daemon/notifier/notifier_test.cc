@@ -671,10 +671,19 @@ TEST_F(InboundTest, UpstreamIdsAreAccepted) {
                               toolgate::v1::DENY, "up-77");
   ASSERT_TRUE(pa.ok());
   const std::string body = Decision("rejected", "up-77");
-  const InboundResponse r = inbound_->Handle(KaplaixSignatureHeader(kSecret, now(), body), body);
+  InboundResponse r = inbound_->Handle(KaplaixSignatureHeader(kSecret, now(), body), body);
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(guardian_->Get(pa->id())->status(), toolgate::v1::REJECTED);
   EXPECT_EQ(Status(), toolgate::v1::PENDING);  // the other one is untouched
+  // Retried with the upstream's id once decided: told so, not ignored; the opposite conflicts.
+  r = inbound_->Handle(KaplaixSignatureHeader(kSecret, now(), body), body);
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["status"], "already_decided");
+  EXPECT_EQ(json::parse(r.body)["pendingActionId"], pa->id());
+  const std::string approve = Decision("approved", "up-77");
+  r = inbound_->Handle(KaplaixSignatureHeader(kSecret, now(), approve), approve);
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_EQ(guardian_->Get(pa->id())->status(), toolgate::v1::REJECTED);
 }
 
 }  // namespace
