@@ -186,6 +186,9 @@ int Status(const Cli& cli, const Args&) {
   std::printf("  pending approvals: %llu   policy revision: %s\n",
               static_cast<unsigned long long>(r.pending_approvals()),
               r.policy_revision().empty() ? "(none)" : r.policy_revision().c_str());
+  if (!r.breaker_state().empty()) {  // remote policy mode only
+    std::printf("  remote policy breaker: %s\n", r.breaker_state().c_str());
+  }
   if (r.spool_failed()) {
     std::printf("  SPOOL FAILED: the store refuses writes; see the daemon's log and restart it\n");
   }
@@ -648,7 +651,8 @@ int PolicyTest(const Cli& cli, const Args& args) {
     }
     return std::string();
   };
-  nlohmann::json arguments = j.contains("arguments") ? j["arguments"] : nlohmann::json(nullptr);
+  // No arguments are an empty object, as the daemon takes a Check without them.
+  nlohmann::json arguments = j.contains("arguments") ? j["arguments"] : nlohmann::json::object();
   toolgate::policy::Action action{str("agent_id", "agentId"),
                                   str("session_id", "sessionId"),
                                   str("tool_name", "toolName"),
@@ -657,7 +661,7 @@ int PolicyTest(const Cli& cli, const Args& args) {
                                   str("target_system", "targetSystem"),
                                   str("initiator_type", "initiatorType"),
                                   str("initiator_id", "initiatorId"),
-                                  arguments.is_null() ? nullptr : &arguments};
+                                  &arguments};
   toolgate::policy::RateState state;
   const auto d = (*rules)->Evaluate(action, &state, std::chrono::system_clock::now());
   const std::string effect(toolgate::policy::EffectName(d.effect));

@@ -246,3 +246,11 @@ def test_policy_lint_and_test_cli(tmp_path, policy_file):
     assert r.returncode == 0
     assert json.loads(r.stdout) == {"decision": "require_approval", "rule_id": "big-payment",
                                     "reason": "payment over 1000", "revision": "A"}
+    # No arguments in the action file: `{}`, as the daemon takes a Check without them, so
+    # `pointer: ""` exists offline too.
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"agent_id": "a", "session_id": "s", "tool_name": "root_probe"}))
+    r = subprocess.run([TOOLGATE_CLI, "--output", "json", "policy", "test", str(policy_file),
+                        str(bare)], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["rule_id"] == "arguments-object"
