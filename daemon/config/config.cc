@@ -163,8 +163,10 @@ const std::vector<Option>& Options() {
              "sync mode: how often the upstream's policies are fetched"),
       SubDur("policy.remote_timeout", &Config::policy, &PolicyOptions::remote_timeout,
              "remote mode: timeout of one POST /v1/policies/check"),
-      SubStr("policy.failure_mode", &Config::policy, &PolicyOptions::failure_mode,
-             "remote mode, no verdict to be had: open (allow) | closed (deny)", {"open", "closed"}),
+      SubStr(
+          "policy.failure_mode", &Config::policy, &PolicyOptions::failure_mode,
+          "remote mode with no verdict, sync mode with no rules yet: open (allow) | closed (deny)",
+          {"open", "closed"}),
       SubDur("policy.remote_cache_ttl", &Config::policy, &PolicyOptions::remote_cache_ttl,
              "remote mode: how long an ALLOW/DENY verdict is reused for the same four fields"),
       SubNum("policy.breaker_failures", &Config::policy, &PolicyOptions::breaker_failures,
