@@ -507,7 +507,9 @@ absl::Status Daemon::Start() {
     return absl::UnavailableError(
         absl::StrCat("data_dir: cannot create '", cfg.data_dir, "': ", ec.message()));
   }
-  ::chmod(cfg.data_dir.c_str(), 0750);
+  // The daemon's alone (as systemd's StateDirectoryMode=0700): the socket's group may talk to
+  // the daemon, not list or read its stores.
+  ::chmod(cfg.data_dir.c_str(), 0700);
   auto lock = DirLock::Acquire(cfg.data_dir);
   if (!lock.ok()) return lock.status();
   d.data_dir_lock = std::move(*lock);

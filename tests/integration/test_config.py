@@ -76,8 +76,8 @@ def test_help_and_version():
 
 
 def test_secure_defaults_loopback_only_and_a_0660_socket(make_daemon, tmp_path):
-    """Without configuration, gRPC and HTTP listen on loopback only, and the Unix socket is
-    0660 (the daemon's user and group)."""
+    """Without configuration, gRPC and HTTP listen on loopback only, the Unix socket is 0660
+    (the daemon's user and group) and the data directory 0700."""
     import stat
     r = run(["--print-config"])
     assert r.returncode == 0, r.stderr
@@ -88,5 +88,7 @@ def test_secure_defaults_loopback_only_and_a_0660_socket(make_daemon, tmp_path):
     assert lines["socket_mode"] == '"0660"'
     d = make_daemon().start()
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o660
+    # The spool is the daemon's alone: the socket's group may talk to it, not read its store.
+    assert stat.S_IMODE(os.stat(d.data_dir).st_mode) == 0o700
     assert d.grpc_address.startswith("127.0.0.1:")
     assert d.http_address.startswith("http://127.0.0.1:")
