@@ -114,7 +114,7 @@ const std::vector<Option>& Options() {
       SubNum("spool.retention_max_bytes", &Config::spool, &SpoolOptions::retention_max_bytes,
              Kind::kSize, "standalone: events kept locally, oldest evicted beyond"),
       SubDur("spool.retention_max_age", &Config::spool, &SpoolOptions::retention_max_age,
-             "standalone: events older than this are evicted"),
+             "standalone: events older than this are evicted (0 = no age limit)"),
       SubNum("spool.min_free_disk", &Config::spool, &SpoolOptions::min_free_disk, Kind::kSize,
              "free disk space kept for acks and checkpoints; below it appends get "
              "RESOURCE_EXHAUSTED (0 = none)"),

@@ -584,7 +584,8 @@ absl::Status Spool::Evict() {
   // read every chunk of the retention, overflow pages and all, since the column follows the
   // body: up to retention_max_bytes of page reads each second.) A clock stepped back can only
   // make an expired chunk wait behind an older one that is not, never go early.
-  if (now - last_age_eviction_ms_ >= 1000) {
+  // spool.retention_max_age 0: no age limit.
+  if (options_.limits.retention_max_age.count() > 0 && now - last_age_eviction_ms_ >= 1000) {
     const int64_t cutoff = now - options_.limits.retention_max_age.count();
     Stmt s(db_,
            "DELETE FROM chunks WHERE seq = (SELECT min(seq) FROM chunks) AND created_ms < ?1 "
@@ -607,6 +608,18 @@ absl::Status Spool::Evict() {
     if (!delete_chunks(s.get(), &deleted)) return SqlError(db_, "evict by size");
   }
   return absl::OkStatus();
+}
+
+std::optional<std::chrono::steady_clock::time_point> Spool::IdleEvictionDue() const {
+  const auto max_age = options_.limits.retention_max_age;
+  if (!options_.standalone || max_age.count() <= 0 || stored_events_.load() == 0 ||
+      failed_.load()) {
+    return std::nullopt;
+  }
+  // Not when the oldest expires: reading its created_ms means walking its chunk's overflow
+  // pages (the column follows the body), and Evict's one-row DELETE does that anyway.
+  return std::chrono::steady_clock::now() +
+         std::clamp<std::chrono::milliseconds>(max_age, std::chrono::seconds(1), kIdleAgeCheck);
 }
 
 absl::Status Spool::Done(const EventRef& ref) {
@@ -858,13 +871,20 @@ void Spool::WriterLoop() {
   std::vector<Op> batch;
   for (;;) {
     batch.clear();
+    auto evict_at = IdleEvictionDue();
     {
       std::unique_lock<std::mutex> l(mu_);
       // Commit at once for urgent work; lazy work waits up to kLazyCommitDelay for company.
       for (;;) {
         if (closing_ || urgent_ops_ > 0) break;
         if (ops_.empty()) {
-          cv_.wait(l);
+          if (!evict_at) {
+            cv_.wait(l);
+            continue;
+          }
+          // Idle with events stored: an empty commit now and then evicts those that expired
+          // (Evict), as a commit of new events would.
+          if (cv_.wait_until(l, *evict_at) == std::cv_status::timeout && ops_.empty()) break;
           continue;
         }
         const auto due = first_lazy_ + kLazyCommitDelay;

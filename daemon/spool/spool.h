@@ -41,6 +41,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -203,6 +204,10 @@ class Spool {
   // While the disk is full, acks and dead letters that could not be committed are retried this
   // often (or sooner, with the next commit).
   static constexpr std::chrono::milliseconds kFullRetryDelay{200};
+  // Standalone: events past spool.retention_max_age are evicted with the commits of new events
+  // and, while the writer is idle, by an empty commit at least this often (every
+  // retention_max_age if shorter): an expired event outlives its age by at most this much.
+  static constexpr std::chrono::milliseconds kIdleAgeCheck{60'000};
 
   // From the shipper: delivered events leave the queue; refused ones become dead letters.
   void Ack(std::vector<EventRef> refs);
@@ -262,6 +267,10 @@ class Spool {
   bool DiskHasRoom(uint64_t* available);
   absl::Status Exec(const char* sql);
   absl::Status Evict();
+  // Standalone, with an age limit and events stored: when the writer, idle, should look for
+  // expired events (spool.retention_max_age from now, within 1 s and kIdleAgeCheck). nullopt:
+  // never (it sleeps until there is work).
+  std::optional<std::chrono::steady_clock::time_point> IdleEvictionDue() const;
   // One more event of chunk `ref` is done; deletes the chunk when all are.
   absl::Status Done(const EventRef& ref);
   // Moves one damaged chunk to damaged_chunks and out of the counters.

@@ -8,6 +8,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "daemon/common/crypto.h"
 #include "daemon/spool/recovery.h"
@@ -467,6 +468,41 @@ TEST_F(SpoolTest, StandaloneRetentionEvictsByAgeOldestFirstAndNeverEarly) {
   ASSERT_TRUE(AppendSync(s.get(), {Ev("c", 1)}).ok());  // within the same second
   EXPECT_EQ(s->stats().evicted, 4u + 302u);
   EXPECT_EQ(s->stats().stored_events, 2u);
+}
+
+TEST_F(SpoolTest, AnIdleStandaloneSpoolEvictsExpiredEventsWithoutNewWrites) {
+  SpoolOptions o;
+  o.path = (dir_ / "idle.db").string();
+  o.standalone = true;
+  o.limits.retention_max_age = std::chrono::seconds(1);
+  auto opened = Spool::Open(o, Clock::Real());
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 0), Ev("a", 1)}).ok());
+  EXPECT_EQ(s->stats().stored_events, 2u);
+  // Nothing more is written: the writer wakes when the events expire and evicts them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (s->stats().stored_events > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(s->stats().stored_events, 0u);
+  EXPECT_EQ(s->stats().evicted, 2u);
+  EXPECT_TRUE(ReadAll(s.get()).empty());
+}
+
+TEST_F(SpoolTest, RetentionMaxAgeZeroIsNoAgeLimit) {
+  SpoolOptions o;
+  o.path = (dir_ / "spool.db").string();
+  o.standalone = true;
+  o.limits.retention_max_age = std::chrono::milliseconds(0);
+  auto opened = Spool::Open(o, &clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 0)}).ok());
+  clock_.Advance(std::chrono::hours(24 * 1000));
+  ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());
+  EXPECT_EQ(s->stats().stored_events, 2u);
+  EXPECT_EQ(s->stats().evicted, 0u);
 }
 
 TEST_F(SpoolTest, ChunkIsDeletedOnlyWhenAllItsEventsAreDone) {
