@@ -51,6 +51,8 @@ constexpr char kExitCodes[] =
 struct Cli {
   std::string address;
   bool json = false;
+  // The command's channel, made by Connect; RpcFailed looks at its state.
+  mutable std::shared_ptr<grpc::Channel> channel;
 };
 
 // A command's parsed arguments: the flags that take a value, then the positional arguments.
@@ -97,16 +99,23 @@ std::string DefaultAddress() {
 }
 
 std::shared_ptr<grpc::Channel> Connect(const Cli& cli) {
-  return grpc::CreateChannel(cli.address, grpc::InsecureChannelCredentials());
+  if (!cli.channel) {
+    cli.channel = grpc::CreateChannel(cli.address, grpc::InsecureChannelCredentials());
+  }
+  return cli.channel;
 }
 
 int RpcFailed(const grpc::Status& s, const Cli& cli) {
+  // UNAVAILABLE on a connected channel is the daemon's own answer: a failed store refusing
+  // writes is a problem it reports (1), while "shutting down" (every such answer of toolgated
+  // says so) is the daemon going away (3), as is a channel that never connected.
+  const bool unreachable = s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                           (!cli.channel || cli.channel->GetState(false) != GRPC_CHANNEL_READY ||
+                            s.error_message().find("shutting down") != std::string::npos);
   std::fprintf(stderr, "toolgate: %s: %s\n",
-               s.error_code() == grpc::StatusCode::UNAVAILABLE
-                   ? ("cannot reach toolgated at " + cli.address).c_str()
-                   : "error",
+               unreachable ? ("cannot reach toolgated at " + cli.address).c_str() : "error",
                s.error_message().c_str());
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE ? kUnreachable : kProblem;
+  return unreachable ? kUnreachable : kProblem;
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 10) {

@@ -500,6 +500,31 @@ def test_unreachable_daemon_exits_3():
         assert "following events" not in r.stderr
 
 
+def test_an_unavailable_answer_from_a_reachable_daemon_exits_1(tmp_path):
+    """UNAVAILABLE from the daemon itself (here a stand-in whose store has failed) is a problem
+    it reports, exit 1 with its message, not "cannot reach" and exit 3."""
+    from concurrent import futures
+    import grpc
+
+    class FailedStore(admin_pb2_grpc.AdminServicer):
+        def Status(self, request, context):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "spool failed earlier and refuses writes: disk I/O error")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    admin_pb2_grpc.add_AdminServicer_to_server(FailedStore(), server)
+    socket = tmp_path / "stand-in.sock"
+    server.add_insecure_port("unix:" + str(socket))
+    server.start()
+    try:
+        r = run_cli(["status"], "unix:" + str(socket))
+        assert r.returncode == 1, r.stderr
+        assert "refuses writes: disk I/O error" in r.stderr
+        assert "cannot reach" not in r.stderr
+    finally:
+        server.stop(None)
+
+
 def test_readme_lists_every_command_and_the_exit_codes():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## The `toolgate` command", 1)[1].split("\n## ", 1)[0]
