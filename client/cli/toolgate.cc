@@ -85,7 +85,8 @@ std::string DefaultAddress() {
   if (const char* a = std::getenv("TOOLGATE_ADDRESS"); a && *a) return a;
   std::vector<std::string> candidates;
   if (const char* r = std::getenv("RUNTIME_DIRECTORY"); r && *r) {
-    candidates.push_back(std::string(r) + "/toolgate.sock");
+    const std::string dirs(r);  // systemd: several directories are joined with ':'
+    candidates.push_back(dirs.substr(0, dirs.find(':')) + "/toolgate.sock");
   }
   candidates.push_back("/run/toolgate/toolgate.sock");
   if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {

@@ -500,6 +500,20 @@ def test_unreachable_daemon_exits_3():
         assert "following events" not in r.stderr
 
 
+def test_the_default_address_takes_the_first_runtime_directory(make_daemon, tmp_path):
+    """systemd joins several RuntimeDirectory= entries with ':'; the daemon puts its socket in
+    the first, and the CLI looks there too."""
+    d = make_daemon().start()
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    (rt / "toolgate.sock").symlink_to(d.socket)
+    env = {k: v for k, v in os.environ.items() if k != "TOOLGATE_ADDRESS"}
+    env["RUNTIME_DIRECTORY"] = f"{rt}:{tmp_path / 'other'}"
+    r = subprocess.run([TOOLGATE_CLI, "status"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 def test_an_unavailable_answer_from_a_reachable_daemon_exits_1(tmp_path):
     """UNAVAILABLE from the daemon itself (here a stand-in whose store has failed) is a problem
     it reports, exit 1 with its message, not "cannot reach" and exit 3."""

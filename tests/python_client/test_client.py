@@ -382,6 +382,9 @@ def test_address_resolution(monkeypatch, tmp_path):
     sock = tmp_path / "toolgate.sock"
     sock.write_text("")  # any writable file in the first default place
     assert resolve_address() == "unix:" + str(sock)
+    # systemd joins several runtime directories with ':'; the first is the daemon's.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{tmp_path}:{tmp_path / 'other'}")
+    assert resolve_address() == "unix:" + str(sock)
 
 
 def code_block(markdown: str, lang: str, after: str = "") -> str:

@@ -11,7 +11,8 @@ def default_socket_candidates() -> List[str]:
     """The daemon's default socket places, in the order the daemon itself uses them."""
     out = []
     if os.environ.get("RUNTIME_DIRECTORY"):
-        out.append(os.path.join(os.environ["RUNTIME_DIRECTORY"], "toolgate.sock"))
+        # systemd joins several directories with ':'; the daemon takes the first.
+        out.append(os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "toolgate.sock"))
     out.append("/run/toolgate/toolgate.sock")
     if os.environ.get("XDG_RUNTIME_DIR"):
         out.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "toolgate", "toolgate.sock"))
