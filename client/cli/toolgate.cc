@@ -51,8 +51,6 @@ constexpr char kExitCodes[] =
 struct Cli {
   std::string address;
   bool json = false;
-  // The command's channel, made by Connect; RpcFailed looks at its state.
-  mutable std::shared_ptr<grpc::Channel> channel;
 };
 
 // A command's parsed arguments: the flags that take a value, then the positional arguments.
@@ -100,19 +98,18 @@ std::string DefaultAddress() {
 }
 
 std::shared_ptr<grpc::Channel> Connect(const Cli& cli) {
-  if (!cli.channel) {
-    cli.channel = grpc::CreateChannel(cli.address, grpc::InsecureChannelCredentials());
-  }
-  return cli.channel;
+  return grpc::CreateChannel(cli.address, grpc::InsecureChannelCredentials());
 }
 
 int RpcFailed(const grpc::Status& s, const Cli& cli) {
-  // UNAVAILABLE on a connected channel is the daemon's own answer: a failed store refusing
-  // writes is a problem it reports (1), while "shutting down" (every such answer of toolgated
-  // says so) is the daemon going away (3), as is a channel that never connected.
-  const bool unreachable = s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-                           (!cli.channel || cli.channel->GetState(false) != GRPC_CHANNEL_READY ||
-                            s.error_message().find("shutting down") != std::string::npos);
+  // The daemon's own UNAVAILABLE answers about its store ("spool: …", "spool failed earlier and
+  // refuses writes: …") are problems it reports (1). Any other UNAVAILABLE — nothing listening,
+  // a connection lost mid-call, "… shutting down" — means the daemon is not there to answer
+  // (3). The text decides, not the channel's state, which gRPC updates on its own schedule.
+  const std::string& m = s.error_message();
+  const bool unreachable =
+      s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      !(m.rfind("spool", 0) == 0 && m.find("shutting down") == std::string::npos);
   std::fprintf(stderr, "toolgate: %s: %s\n",
                unreachable ? ("cannot reach toolgated at " + cli.address).c_str() : "error",
                s.error_message().c_str());

@@ -514,27 +514,34 @@ def test_the_default_address_takes_the_first_runtime_directory(make_daemon, tmp_
     assert r.returncode == 0, r.stderr
 
 
-def test_an_unavailable_answer_from_a_reachable_daemon_exits_1(tmp_path):
-    """UNAVAILABLE from the daemon itself (here a stand-in whose store has failed) is a problem
-    it reports, exit 1 with its message, not "cannot reach" and exit 3."""
+def test_an_unavailable_answer_about_the_store_exits_1_any_other_3(tmp_path):
+    """UNAVAILABLE from the daemon about its store (here from a stand-in) is a problem it
+    reports: exit 1 with its message. Any other UNAVAILABLE (a shutdown, a lost connection)
+    means the daemon is not there to answer: "cannot reach", exit 3."""
     from concurrent import futures
     import grpc
 
-    class FailedStore(admin_pb2_grpc.AdminServicer):
+    answer = {}
+
+    class StandIn(admin_pb2_grpc.AdminServicer):
         def Status(self, request, context):
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          "spool failed earlier and refuses writes: disk I/O error")
+            context.abort(grpc.StatusCode.UNAVAILABLE, answer["message"])
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    admin_pb2_grpc.add_AdminServicer_to_server(FailedStore(), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(StandIn(), server)
     socket = tmp_path / "stand-in.sock"
     server.add_insecure_port("unix:" + str(socket))
     server.start()
     try:
-        r = run_cli(["status"], "unix:" + str(socket))
-        assert r.returncode == 1, r.stderr
-        assert "refuses writes: disk I/O error" in r.stderr
-        assert "cannot reach" not in r.stderr
+        for message, code in (("spool failed earlier and refuses writes: disk I/O error", 1),
+                              ("spool: shutting down", 3),
+                              ("toolgated is shutting down", 3),
+                              ("Socket closed", 3)):
+            answer["message"] = message
+            r = run_cli(["status"], "unix:" + str(socket))
+            assert r.returncode == code, (message, r.stderr)
+            assert message in r.stderr
+            assert ("cannot reach" in r.stderr) == (code == 3), r.stderr
     finally:
         server.stop(None)
 
