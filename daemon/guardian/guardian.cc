@@ -82,6 +82,7 @@ absl::Status Guardian::Init() {
   if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
     return SqlError(db_, "schema");
   }
+  if (absl::Status m = AddUpstreamIdColumn(); !m.ok()) return m;
   sqlite3_stmt* s = nullptr;
   sqlite3_prepare_v2(db_, "SELECT id, expires_ms FROM pending WHERE status = ?1", -1, &s, nullptr);
   sqlite3_bind_int(s, 1, toolgate::v1::PENDING);
@@ -96,11 +97,57 @@ absl::Status Guardian::Init() {
   return absl::OkStatus();
 }
 
+absl::Status Guardian::AddUpstreamIdColumn() {
+  // Databases made before the column: add it, fill it from the bodies (once), index it.
+  bool has_column = false;
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_, "SELECT 1 FROM pragma_table_info('pending') WHERE name = 'upstream_id'",
+                     -1, &s, nullptr);
+  has_column = sqlite3_step(s) == SQLITE_ROW;
+  sqlite3_finalize(s);
+  if (!has_column) {
+    if (sqlite3_exec(db_, "BEGIN; ALTER TABLE pending ADD COLUMN upstream_id TEXT", nullptr,
+                     nullptr, nullptr) != SQLITE_OK) {
+      return SqlError(db_, "schema (upstream_id)");
+    }
+    std::vector<std::pair<std::string, std::string>> ids;  // id, upstream id
+    sqlite3_prepare_v2(db_, "SELECT id, body FROM pending", -1, &s, nullptr);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      PendingAction a;
+      if (a.ParseFromArray(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1)) &&
+          !a.upstream_id().empty()) {
+        ids.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)), a.upstream_id());
+      }
+    }
+    sqlite3_finalize(s);
+    sqlite3_prepare_v2(db_, "UPDATE pending SET upstream_id = ?2 WHERE id = ?1", -1, &s, nullptr);
+    for (const auto& [id, upstream] : ids) {
+      sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, 2, upstream.data(), static_cast<int>(upstream.size()), SQLITE_TRANSIENT);
+      sqlite3_step(s);
+      sqlite3_reset(s);
+    }
+    sqlite3_finalize(s);
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      const absl::Status e = SqlError(db_, "schema (upstream_id)");
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return e;
+    }
+  }
+  if (sqlite3_exec(db_,
+                   "CREATE INDEX IF NOT EXISTS pending_upstream ON pending(upstream_id) "
+                   "WHERE upstream_id IS NOT NULL",
+                   nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return SqlError(db_, "schema (upstream_id index)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Guardian::Store(const PendingAction& a) {
   sqlite3_stmt* s = nullptr;
   sqlite3_prepare_v2(db_,
-                     "INSERT INTO pending(id, status, created_ms, expires_ms, body) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET "
+                     "INSERT INTO pending(id, status, created_ms, expires_ms, body, upstream_id) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO UPDATE SET "
                      "status = excluded.status, body = excluded.body",
                      -1, &s, nullptr);
   const std::string body = a.SerializeAsString();
@@ -109,6 +156,10 @@ absl::Status Guardian::Store(const PendingAction& a) {
   sqlite3_bind_int64(s, 3, TextToMs(a.created_at()));
   sqlite3_bind_int64(s, 4, TextToMs(a.expires_at()));
   sqlite3_bind_blob(s, 5, body.data(), static_cast<int>(body.size()), SQLITE_TRANSIENT);
+  if (!a.upstream_id().empty()) {
+    sqlite3_bind_text(s, 6, a.upstream_id().data(), static_cast<int>(a.upstream_id().size()),
+                      SQLITE_TRANSIENT);
+  }  // else NULL: out of the index
   const int rc = sqlite3_step(s);
   sqlite3_finalize(s);
   if (rc != SQLITE_DONE) return SqlError(db_, "store");
@@ -231,6 +282,25 @@ absl::StatusOr<PendingAction> Guardian::Decide(const std::string& id, bool appro
 
 absl::StatusOr<PendingAction> Guardian::Get(const std::string& id) {
   std::lock_guard<std::mutex> l(mu_);
+  return Load(id);
+}
+
+absl::StatusOr<PendingAction> Guardian::GetByUpstreamId(const std::string& upstream_id) {
+  std::lock_guard<std::mutex> l(mu_);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_,
+                     "SELECT id FROM pending WHERE upstream_id = ?1 "
+                     "ORDER BY status = ?2 DESC, created_ms DESC LIMIT 1",
+                     -1, &s, nullptr);
+  sqlite3_bind_text(s, 1, upstream_id.data(), static_cast<int>(upstream_id.size()),
+                    SQLITE_TRANSIENT);
+  sqlite3_bind_int(s, 2, toolgate::v1::PENDING);
+  const int rc = sqlite3_step(s);
+  const std::string id =
+      rc == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(s, 0)) : "";
+  sqlite3_finalize(s);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "load by upstream id");
+  if (id.empty()) return absl::NotFoundError("no pending action with upstream id " + upstream_id);
   return Load(id);
 }
 

@@ -69,6 +69,9 @@ class Guardian {
                                        const std::string& reason, const std::string& approver);
 
   absl::StatusOr<PendingAction> Get(const std::string& id);
+  // The action the upstream knows as `upstream_id` (remote policy mode), pending or decided
+  // (a pending one first, then the newest); NOT_FOUND when there is none. One indexed lookup.
+  absl::StatusOr<PendingAction> GetByUpstreamId(const std::string& upstream_id);
   // Actions with `status` (PENDING when unspecified), newest first.
   absl::StatusOr<std::vector<PendingAction>> List(toolgate::v1::PendingStatus status, size_t limit);
 
@@ -83,7 +86,8 @@ class Guardian {
  private:
   Guardian(sqlite3* db, Clock* clock, AuditSink audit);
   absl::Status Init();
-  absl::Status Store(const PendingAction& a);                 // requires mu_
+  absl::Status AddUpstreamIdColumn();          // in Init: the indexed column of upstream ids
+  absl::Status Store(const PendingAction& a);  // requires mu_
   absl::StatusOr<PendingAction> Load(const std::string& id);  // requires mu_
   // Marks `a` decided, stores it, and collects its waiters. Requires mu_.
   absl::Status Finalize(PendingAction* a, std::vector<Waiter>* to_call);

@@ -1,6 +1,7 @@
 #include "daemon/guardian/guardian.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <filesystem>
 #include <future>
@@ -91,6 +92,40 @@ TEST_F(GuardianTest, PendingActionsSurviveARestartAndLateWaitersGetTheDecision) 
   ASSERT_TRUE(g->Wait(id, [&](const PendingAction& a) { got = a; }).ok());
   EXPECT_EQ(got.status(), toolgate::v1::REJECTED);
   EXPECT_EQ(got.decision_reason(), "too risky");
+}
+
+TEST_F(GuardianTest, UpstreamIdsAreFoundPendingOrDecidedAndOlderDatabasesAreMigrated) {
+  const auto minutes = std::chrono::minutes(5);
+  std::string first;
+  {
+    auto g = Open();
+    first = g->Create(Act(), "h", "r", "why", minutes, toolgate::v1::DENY, "up-1")->id();
+    g->Create(Act(), "h", "r", "local", minutes, toolgate::v1::DENY);  // no upstream id
+  }
+  {
+    // As a database made before the column: no column, no index.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "DROP INDEX pending_upstream; "
+                           "ALTER TABLE pending DROP COLUMN upstream_id",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  auto g = Open();
+  auto found = g->GetByUpstreamId("up-1");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->id(), first);
+  EXPECT_TRUE(absl::IsNotFound(g->GetByUpstreamId("up-2").status()));
+  EXPECT_TRUE(absl::IsNotFound(g->GetByUpstreamId("").status()));  // local ones have none
+  // Decided, it is still found; a pending one with the same upstream id comes first.
+  ASSERT_TRUE(g->Decide(first, true, "ok", "alice").ok());
+  EXPECT_EQ(g->GetByUpstreamId("up-1")->status(), toolgate::v1::APPROVED);
+  const std::string second =
+      g->Create(Act(), "h", "r", "again", minutes, toolgate::v1::DENY, "up-1")->id();
+  EXPECT_EQ(g->GetByUpstreamId("up-1")->id(), second);
 }
 
 }  // namespace

@@ -78,18 +78,7 @@ InboundResponse InboundWebhooks::ApplyDecision(const std::string& id, bool appro
   // toolgate's id, or the upstream's id of an action it created (remote policy mode) — decided
   // ones included, so that a retried webhook naming the upstream's id is told so too.
   auto found = guardian_->Get(id);
-  for (const auto status : {toolgate::v1::PENDING, toolgate::v1::APPROVED, toolgate::v1::REJECTED,
-                            toolgate::v1::EXPIRED}) {
-    if (!absl::IsNotFound(found.status())) break;
-    auto listed = guardian_->List(status, 10000);
-    if (!listed.ok()) continue;
-    for (auto& a : *listed) {
-      if (!a.upstream_id().empty() && a.upstream_id() == id) {
-        found = std::move(a);
-        break;
-      }
-    }
-  }
+  if (absl::IsNotFound(found.status())) found = guardian_->GetByUpstreamId(id);
   if (!found.ok()) {
     if (absl::IsNotFound(found.status())) {
       LogInfo("inbound decision for an unknown pending action", {{"id", id}});
