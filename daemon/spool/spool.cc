@@ -595,8 +595,10 @@ absl::Status Spool::Evict() {
     for (int deleted = 1; deleted > 0 && n < kAgeEvictionsPerCommit; n += deleted) {
       if (!delete_chunks(s.get(), &deleted)) return SqlError(db_, "evict by age");
     }
-    // A long backlog (a daemon started after days off) goes on with the next commit.
-    if (n < kAgeEvictionsPerCommit) last_age_eviction_ms_ = now;
+    // A long backlog (a daemon started after days off) goes on with the next commit, made at
+    // once by an idle writer (IdleEvictionDue).
+    age_backlog_ = n >= kAgeEvictionsPerCommit;
+    if (!age_backlog_) last_age_eviction_ms_ = now;
   }
   if (stored_bytes_.load() <= max_bytes) return absl::OkStatus();
   // Size: drop the oldest events, in chunks, until under the limit.
@@ -616,6 +618,7 @@ std::optional<std::chrono::steady_clock::time_point> Spool::IdleEvictionDue() co
       failed_.load()) {
     return std::nullopt;
   }
+  if (age_backlog_) return std::chrono::steady_clock::now();
   // Not when the oldest expires: reading its created_ms means walking its chunk's overflow
   // pages (the column follows the body), and Evict's one-row DELETE does that anyway.
   return std::chrono::steady_clock::now() +
@@ -941,8 +944,10 @@ void Spool::WriterLoop() {
       split_others(&others);
       if (!others.empty()) others_status = Commit(others);
     } else {
+      const bool idle_eviction = batch.empty();  // nothing refused if it fails
       status = Commit(batch);
-      if (absl::IsResourceExhausted(status)) {
+      if (idle_eviction && !status.ok()) age_backlog_ = false;  // rolled back: no hurry
+      if (absl::IsResourceExhausted(status) && !idle_eviction) {
         // SQLITE_FULL refuses the appends, not the acks and dead letters: nobody would send
         // those again, and deleting shipped chunks is what frees pages. They are retried alone,
         // after a checkpoint that lets the write-ahead log be reused from its start, and later

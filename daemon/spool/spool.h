@@ -310,9 +310,10 @@ class Spool {
   std::string failure_;                 // writer thread; copied under mu_ into failure_copy_
   std::string failure_copy_;            // guarded by mu_
   int64_t last_age_eviction_ms_ = 0;    // writer thread only
-  uint64_t persisted_ids_ = 0;          // ids in the recent_ids table; writer thread only
-  uint64_t corrupt_moved_ = 0;          // set in Open, before the writer starts
-  bool background_batch_ = false;       // the batch in hand is lazy ops only; writer thread only
+  bool age_backlog_ = false;       // the last age eviction stopped at its share; writer thread only
+  uint64_t persisted_ids_ = 0;     // ids in the recent_ids table; writer thread only
+  uint64_t corrupt_moved_ = 0;     // set in Open, before the writer starts
+  bool background_batch_ = false;  // the batch in hand is lazy ops only; writer thread only
   std::chrono::steady_clock::time_point last_yield_{};  // writer thread only
 
   std::thread writer_;
