@@ -935,14 +935,16 @@ void Spool::WriterLoop() {
       status = absl::UnavailableError("spool failed earlier and refuses writes: " + failure_);
     } else if (has_appends && !DiskHasRoom(&available)) {
       // Low on disk: appends wait (their clients retry on the hint), so that the space left
-      // serves what frees space: the deletes of shipped chunks, and checkpoints.
+      // serves what frees space: the deletes of shipped chunks, checkpoints, and (standalone)
+      // evictions, which run with the commit of the other ops even when there are none: under
+      // a steady stream of refused appends the writer is never idle to evict by age.
       const std::string why = absl::StrCat(available, " bytes free, spool.min_free_disk is ",
                                            options_.limits.min_free_disk);
       entering_full(why);
       status = absl::ResourceExhaustedError(absl::StrCat(
           "disk full (", why, "); retry after ", options_.limits.retry_after.count(), " ms"));
       split_others(&others);
-      if (!others.empty()) others_status = Commit(others);
+      if (!others.empty() || options_.standalone) others_status = Commit(others);
     } else {
       const bool idle_eviction = batch.empty();  // nothing refused if it fails
       status = Commit(batch);

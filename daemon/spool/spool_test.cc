@@ -496,6 +496,31 @@ TEST_F(SpoolTest, AnIdleStandaloneSpoolEvictsExpiredEventsWithoutNewWrites) {
   EXPECT_TRUE(ReadAll(s.get()).empty());
 }
 
+TEST_F(SpoolTest, OnAFullDiskAStandaloneSpoolEvictsByAgeEvenUnderSteadyLoad) {
+  SpoolOptions o;
+  o.path = (dir_ / "full.db").string();
+  o.standalone = true;
+  o.limits.retention_max_age = std::chrono::seconds(1);
+  o.limits.min_free_disk = 0;
+  {
+    auto opened = Spool::Open(o, Clock::Real());
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    ASSERT_TRUE(AppendSync(opened->get(), {Ev("old", 0), Ev("old", 1)}).ok());
+  }
+  o.limits.min_free_disk = uint64_t{1} << 60;  // never room enough: every append is refused
+  auto opened = Spool::Open(o, Clock::Real());
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto s = std::move(*opened);
+  // A refused append every 50 ms: the writer is never idle long enough to evict on its own.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (s->stats().evicted < 2 && std::chrono::steady_clock::now() < deadline) {
+    EXPECT_TRUE(absl::IsResourceExhausted(AppendSync(s.get(), {Ev("new", 0)})));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(s->stats().evicted, 2u);
+  EXPECT_EQ(s->stats().stored_events, 0u);
+}
+
 TEST_F(SpoolTest, RetentionMaxAgeZeroIsNoAgeLimit) {
   SpoolOptions o;
   o.path = (dir_ / "spool.db").string();
