@@ -99,11 +99,10 @@ absl::Status Guardian::Init() {
 
 absl::Status Guardian::AddUpstreamIdColumn() {
   // Databases made before the column: add it, fill it from the bodies (once), index it.
-  bool has_column = false;
   sqlite3_stmt* s = nullptr;
   sqlite3_prepare_v2(db_, "SELECT 1 FROM pragma_table_info('pending') WHERE name = 'upstream_id'",
                      -1, &s, nullptr);
-  has_column = sqlite3_step(s) == SQLITE_ROW;
+  const bool has_column = sqlite3_step(s) == SQLITE_ROW;
   sqlite3_finalize(s);
   if (!has_column) {
     if (sqlite3_exec(db_, "BEGIN; ALTER TABLE pending ADD COLUMN upstream_id TEXT", nullptr,
@@ -121,14 +120,15 @@ absl::Status Guardian::AddUpstreamIdColumn() {
     }
     sqlite3_finalize(s);
     sqlite3_prepare_v2(db_, "UPDATE pending SET upstream_id = ?2 WHERE id = ?1", -1, &s, nullptr);
+    int rc = SQLITE_DONE;
     for (const auto& [id, upstream] : ids) {
       sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
       sqlite3_bind_text(s, 2, upstream.data(), static_cast<int>(upstream.size()), SQLITE_TRANSIENT);
-      sqlite3_step(s);
+      if ((rc = sqlite3_step(s)) != SQLITE_DONE) break;
       sqlite3_reset(s);
     }
     sqlite3_finalize(s);
-    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    if (rc != SQLITE_DONE || sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
       const absl::Status e = SqlError(db_, "schema (upstream_id)");
       sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
       return e;
@@ -167,8 +167,12 @@ absl::Status Guardian::Store(const PendingAction& a) {
 }
 
 absl::StatusOr<PendingAction> Guardian::Load(const std::string& id) {
+  return LoadOne("SELECT body FROM pending WHERE id = ?1", id);
+}
+
+absl::StatusOr<PendingAction> Guardian::LoadOne(const char* sql, const std::string& id) {
   sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db_, "SELECT body FROM pending WHERE id = ?1", -1, &s, nullptr);
+  sqlite3_prepare_v2(db_, sql, -1, &s, nullptr);
   sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
   PendingAction a;
   const int rc = sqlite3_step(s);
@@ -286,22 +290,11 @@ absl::StatusOr<PendingAction> Guardian::Get(const std::string& id) {
 }
 
 absl::StatusOr<PendingAction> Guardian::GetByUpstreamId(const std::string& upstream_id) {
+  static const std::string* sql = new std::string(absl::StrCat(
+      "SELECT body FROM pending WHERE upstream_id = ?1 ORDER BY status = ", toolgate::v1::PENDING,
+      " DESC, created_ms DESC LIMIT 1"));
   std::lock_guard<std::mutex> l(mu_);
-  sqlite3_stmt* s = nullptr;
-  sqlite3_prepare_v2(db_,
-                     "SELECT id FROM pending WHERE upstream_id = ?1 "
-                     "ORDER BY status = ?2 DESC, created_ms DESC LIMIT 1",
-                     -1, &s, nullptr);
-  sqlite3_bind_text(s, 1, upstream_id.data(), static_cast<int>(upstream_id.size()),
-                    SQLITE_TRANSIENT);
-  sqlite3_bind_int(s, 2, toolgate::v1::PENDING);
-  const int rc = sqlite3_step(s);
-  const std::string id =
-      rc == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(s, 0)) : "";
-  sqlite3_finalize(s);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "load by upstream id");
-  if (id.empty()) return absl::NotFoundError("no pending action with upstream id " + upstream_id);
-  return Load(id);
+  return LoadOne(sql->c_str(), upstream_id);
 }
 
 absl::StatusOr<std::vector<PendingAction>> Guardian::List(toolgate::v1::PendingStatus status,

@@ -89,6 +89,8 @@ class Guardian {
   absl::Status AddUpstreamIdColumn();          // in Init: the indexed column of upstream ids
   absl::Status Store(const PendingAction& a);  // requires mu_
   absl::StatusOr<PendingAction> Load(const std::string& id);  // requires mu_
+  // The body of the first row of `sql` (which selects body) with ?1 = `id`; requires mu_.
+  absl::StatusOr<PendingAction> LoadOne(const char* sql, const std::string& id);
   // Marks `a` decided, stores it, and collects its waiters. Requires mu_.
   absl::Status Finalize(PendingAction* a, std::vector<Waiter>* to_call);
   void ExpiryLoop();
