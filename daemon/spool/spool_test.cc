@@ -49,6 +49,20 @@ class SpoolTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.status();
     return std::move(*s);
   }
+  // A standalone spool whose events expire after `max_age`.
+  SpoolOptions Standalone(std::chrono::milliseconds max_age) const {
+    SpoolOptions o;
+    o.path = (dir_ / "spool.db").string();
+    o.standalone = true;
+    o.limits.retention_max_age = max_age;
+    return o;
+  }
+  // Null (and a failure) when it does not open.
+  static std::unique_ptr<Spool> OpenWith(const SpoolOptions& o, Clock* clock) {
+    auto s = Spool::Open(o, clock);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
   static absl::Status AppendSync(Spool* s, std::vector<normalize::NormalizedEvent> evs) {
     std::promise<absl::Status> p;
     s->Append(std::move(evs), [&](const absl::Status& st) { p.set_value(st); });
@@ -427,13 +441,8 @@ TEST_F(SpoolTest, StandaloneRetentionEvictsOldest) {
 }
 
 TEST_F(SpoolTest, StandaloneRetentionEvictsByAgeOldestFirstAndNeverEarly) {
-  SpoolOptions o;
-  o.path = (dir_ / "spool.db").string();
-  o.standalone = true;
-  o.limits.retention_max_age = std::chrono::hours(1);
-  auto opened = Spool::Open(o, &clock_);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto s = std::move(*opened);
+  auto s = OpenWith(Standalone(std::chrono::hours(1)), &clock_);
+  ASSERT_NE(s, nullptr);
   auto stored = [&] {
     std::vector<int> is;
     for (const auto& r : ReadAll(s.get()))
@@ -477,13 +486,8 @@ TEST_F(SpoolTest, StandaloneRetentionEvictsByAgeOldestFirstAndNeverEarly) {
 }
 
 TEST_F(SpoolTest, AnIdleStandaloneSpoolEvictsExpiredEventsWithoutNewWrites) {
-  SpoolOptions o;
-  o.path = (dir_ / "idle.db").string();
-  o.standalone = true;
-  o.limits.retention_max_age = std::chrono::seconds(1);
-  auto opened = Spool::Open(o, Clock::Real());
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto s = std::move(*opened);
+  auto s = OpenWith(Standalone(std::chrono::seconds(1)), Clock::Real());
+  ASSERT_NE(s, nullptr);
   ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 0), Ev("a", 1)}).ok());
   EXPECT_EQ(s->stats().stored_events, 2u);
   // Nothing more is written: the writer wakes when the events expire and evicts them.
@@ -497,20 +501,16 @@ TEST_F(SpoolTest, AnIdleStandaloneSpoolEvictsExpiredEventsWithoutNewWrites) {
 }
 
 TEST_F(SpoolTest, OnAFullDiskAStandaloneSpoolEvictsByAgeEvenUnderSteadyLoad) {
-  SpoolOptions o;
-  o.path = (dir_ / "full.db").string();
-  o.standalone = true;
-  o.limits.retention_max_age = std::chrono::seconds(1);
+  SpoolOptions o = Standalone(std::chrono::seconds(1));
   o.limits.min_free_disk = 0;
   {
-    auto opened = Spool::Open(o, Clock::Real());
-    ASSERT_TRUE(opened.ok()) << opened.status();
-    ASSERT_TRUE(AppendSync(opened->get(), {Ev("old", 0), Ev("old", 1)}).ok());
+    auto s = OpenWith(o, Clock::Real());
+    ASSERT_NE(s, nullptr);
+    ASSERT_TRUE(AppendSync(s.get(), {Ev("old", 0), Ev("old", 1)}).ok());
   }
   o.limits.min_free_disk = uint64_t{1} << 60;  // never room enough: every append is refused
-  auto opened = Spool::Open(o, Clock::Real());
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto s = std::move(*opened);
+  auto s = OpenWith(o, Clock::Real());
+  ASSERT_NE(s, nullptr);
   // A refused append every 50 ms: the writer is never idle long enough to evict on its own.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (s->stats().evicted < 2 && std::chrono::steady_clock::now() < deadline) {
@@ -522,13 +522,8 @@ TEST_F(SpoolTest, OnAFullDiskAStandaloneSpoolEvictsByAgeEvenUnderSteadyLoad) {
 }
 
 TEST_F(SpoolTest, RetentionMaxAgeZeroIsNoAgeLimit) {
-  SpoolOptions o;
-  o.path = (dir_ / "spool.db").string();
-  o.standalone = true;
-  o.limits.retention_max_age = std::chrono::milliseconds(0);
-  auto opened = Spool::Open(o, &clock_);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  auto s = std::move(*opened);
+  auto s = OpenWith(Standalone(std::chrono::milliseconds(0)), &clock_);
+  ASSERT_NE(s, nullptr);
   ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 0)}).ok());
   clock_.Advance(std::chrono::hours(24 * 1000));
   ASSERT_TRUE(AppendSync(s.get(), {Ev("a", 1)}).ok());

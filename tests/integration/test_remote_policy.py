@@ -103,12 +103,19 @@ def test_fail_open_is_explicit_in_the_answer(make_daemon, upstream):
     assert "Timeout" in r.reason or "timed out" in r.reason
 
 
-def test_remote_require_approval_is_decided_upstream(make_daemon, upstream):
+def payment_held_upstream(make_daemon, upstream, poll_interval):
+    """A remote-mode daemon whose upstream wants a human for payments, and one payment's check:
+    (daemon, answer); the action is held here and upstream."""
     upstream.policy_verdict("REQUIRE_APPROVAL", "payments need a human",
                             predicate=lambda b: b.get("operation") == "pay")
-    d = remote_daemon(make_daemon, upstream, "guardian.poll_interval=200ms")
+    d = remote_daemon(make_daemon, upstream, f"guardian.poll_interval={poll_interval}")
     r = check(d, operation="pay", tool="send_payment")
     assert r.decision == policy_pb2.REQUIRE_APPROVAL and r.pending_action_id
+    return d, r
+
+
+def test_remote_require_approval_is_decided_upstream(make_daemon, upstream):
+    d, r = payment_held_upstream(make_daemon, upstream, "200ms")
     upstream_ids = list(upstream.pending_actions())
     assert len(upstream_ids) == 1
     pending = guardian_pb2_grpc.GuardianStub(d.channel()).ListPending(
@@ -145,11 +152,7 @@ def test_remote_require_approval_is_decided_upstream(make_daemon, upstream):
 
 
 def test_local_decisions_are_forwarded_upstream_even_with_polling_off(make_daemon, upstream):
-    upstream.policy_verdict("REQUIRE_APPROVAL", "payments need a human",
-                            predicate=lambda b: b.get("operation") == "pay")
-    d = remote_daemon(make_daemon, upstream, "guardian.poll_interval=0")
-    r = check(d, operation="pay", tool="send_payment")
-    assert r.decision == policy_pb2.REQUIRE_APPROVAL and r.pending_action_id
+    d, r = payment_held_upstream(make_daemon, upstream, "0")
     [up] = list(upstream.pending_actions())
     d.cli("approve", r.pending_action_id, "--reason", "checked by hand")
     wait_until(lambda: upstream.pending_actions()[up]["status"] == "approved",
